@@ -1,0 +1,99 @@
+# DeepSeek-V3 pretraining in C/CUDA.
+#   make            build/train, build/tokenize (and the CUDA backend when nvcc is found)
+#   make deps       install missing Debian packages with apt-get (or print the command to run)
+#   make test       everything that needs no GPU; ends with "N passed, N failed"
+#   make run        train configs/tiny.yaml on the embedded corpus
+#   make test-gpu   CUDA op and step tests (on a GPU machine)
+#   make bench      single-GPU benchmark (configs/bench-1gpu.yaml) and the data loader benchmark
+#   make DEBUG=1    -O0 -g with address and undefined-behaviour sanitizers (build dir build-debug/)
+
+SHELL := /bin/bash
+CC    := mpicc
+NVCC  ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+
+DEBIAN_PKGS := libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools libyaml-dev libpcre2-dev pkg-config
+
+ifeq ($(DEBUG),1)
+  BUILD  := build-debug
+  OPT    := -O0 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+  LDOPT  := -fsanitize=address,undefined
+else
+  BUILD  := build
+  OPT    := -O2 -g -march=x86-64-v2
+  LDOPT  :=
+endif
+
+# HDF5: Debian ships it under pkg-config "hdf5" (serial); elsewhere h5cc -show gives the flags.
+H5_CFLAGS := $(shell pkg-config --cflags hdf5 2>/dev/null || (h5cc -show 2>/dev/null | tr ' ' '\n' | grep '^-I' | tr '\n' ' '))
+H5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || (h5cc -show 2>/dev/null | tr ' ' '\n' | grep -E '^-L|^-lhdf5$$' | tr '\n' ' '; echo -lhdf5))
+YAML_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
+PCRE_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
+PCRE_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Wno-unused-parameter -fopenmp -I. $(H5_CFLAGS) $(PCRE_CFLAGS)
+LDLIBS  := $(H5_LIBS) $(YAML_LIBS) $(PCRE_LIBS) -lpthread -lm
+LDFLAGS := -fopenmp $(LDOPT)
+
+MAINS    := train/main.c data/tokenize_main.c
+LIB_SRC  := $(filter-out $(MAINS), $(wildcard train/*.c model/*.c kernels/*.c kernels/cpu/*.c parallel/*.c data/*.c))
+TEST_SRC := $(wildcard tests/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+
+# The CUDA backend: compiled and linked whenever nvcc exists (CI has nvcc but no GPU, so it cannot rot).
+CU_SRC := $(wildcard kernels/cuda/*.cu)
+ifneq ($(NVCC),)
+ifneq ($(CU_SRC),)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+  NVCCFLAGS := -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -Xcompiler -Wall,-fPIC $(H5_CFLAGS)
+  CFLAGS    += -DUSE_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl -lstdc++
+endif
+endif
+
+.PHONY: all deps test run test-gpu bench clean
+all: $(BUILD)/train $(BUILD)/tokenize
+
+$(BUILD)/obj/%.o: %.c $(wildcard */*.h */*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(wildcard */*.h */*/*.h kernels/cuda/*.cuh)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/train: $(BUILD)/obj/train/main.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tokenize: $(BUILD)/obj/data/tokenize_main.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests: $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) | $(BUILD)/train $(BUILD)/tokenize
+	$(CC) $(LDFLAGS) $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) -o $@ $(LDLIBS)
+
+# Installs what is missing; a no-op when everything is there.
+deps:
+	@missing=""; \
+	for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all present"; exit 0; fi; \
+	if command -v mpicc >/dev/null && pkg-config --exists yaml-0.1 libpcre2-8 && { pkg-config --exists hdf5 || command -v h5cc >/dev/null; }; then \
+	    echo "deps: libraries present (not as Debian packages:$$missing)"; exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	else \
+	    echo "deps: missing$$missing; run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
+	fi
+
+test: deps
+	$(MAKE) --no-print-directory $(BUILD)/tests
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ./$(BUILD)/tests $(T)
+
+run: deps
+	$(MAKE) --no-print-directory all
+	./$(BUILD)/train configs/tiny.yaml
+
+clean:
+	rm -rf build build-debug

@@ -1,0 +1,2 @@
+#include "train/check.h"
+int main(void) { die("not yet implemented"); }
