@@ -1,5 +1,4 @@
 // Test runner: see test.h. Usage: build/tests [substring...]
-#define _GNU_SOURCE
 #include "test.h"
 
 #include <stdarg.h>
@@ -11,7 +10,7 @@
 typedef struct { const char *name, *file; TestFn fn; } TestCase;
 static TestCase *g_tests;
 static int g_n_tests, g_cap_tests;
-static char g_tmpdir[4096];
+static char g_tmpdir[4200];
 static char g_root[4096];
 
 void test_register(const char *name, const char *file, TestFn fn) {
