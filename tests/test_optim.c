@@ -17,10 +17,11 @@ static ParamTable two_tensor_table(void) {
 }
 
 TEST(adamw_first_step_by_hand) {
-    // Step 1 with g = 0.5 on p = 1: m = 0.1 * 0.5 = 0.05, v = 0.05 * 0.25 = 0.0125; bias corrections 1 - 0.9 and
-    // 1 - 0.95 give mhat = 0.5, vhat = 0.25, so the Adam direction is 0.5 / (0.5 + 1e-8) = 1 - 2e-8.
-    // Decayed tensor: p = 1 * (1 - lr * wd) - lr * 1 = 1 - 0.01 - 0.1 = 0.89. No-decay tensor: 1 - 0.1 = 0.9.
-    // With g = -0.5 the direction flips: p = 0.99 + 0.1 = 1.09.
+    // Step 1 with g = 0.5 on p = 1: m = 0.1 * 0.5 = 0.05, v = 0.05 * 0.25 = 0.0125, stored in BF16 rounded to
+    // nearest even: m1 = 0x3D4D = 0.050048828125, v1 = 0x3C4D = 0.01251220703125. The step uses the stored
+    // (rounded) moments, so a resumed run sees exactly what the uninterrupted one used:
+    // mhat = m1 / (1 - 0.9), vhat = v1 / (1 - 0.95), dir = mhat / (sqrt(vhat) + 1e-8) = 1.000487...
+    // Decayed tensor: p = 1 * (1 - lr * wd) - lr * dir; no-decay tensor: 1 - lr * dir; g = -0.5 flips dir.
     const Backend *be = &backend_cpu;
     ParamTable t = two_tensor_table();
     float params[3] = {1.0f, 1.0f, 1.0f}, grads[3] = {0.5f, -0.5f, 0.5f};
@@ -28,10 +29,11 @@ TEST(adamw_first_step_by_hand) {
     adamw_create(&o, be, &t);
     AdamWHyper h = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .grad_clip = 0};
     adamw_step(&o, params, grads, &h, 0.866);
-    ASSERT_NEAR(params[0], 0.89, 1e-6, 0);
-    ASSERT_NEAR(params[1], 1.09, 1e-6, 0);
-    ASSERT_NEAR(params[2], 0.90, 1e-6, 0);
-    // The moments are stored in BF16, rounded to nearest even: 0.05 -> 0x3D4D, 0.0125 -> 0x3C4D.
+    double m1 = 0.050048828125, v1 = 0.01251220703125;
+    double dir = (m1 / 0.1) / (sqrt(v1 / 0.05) + 1e-8);
+    ASSERT_NEAR(params[0], 0.99 - 0.1 * dir, 1e-6, 0);
+    ASSERT_NEAR(params[1], 0.99 + 0.1 * dir, 1e-6, 0);
+    ASSERT_NEAR(params[2], 1.0 - 0.1 * dir, 1e-6, 0);
     ASSERT_EQ_INT(o.m[0], 0x3D4D);
     ASSERT_EQ_INT(o.v[0], 0x3C4D);
     ASSERT_EQ_INT(o.m[1], 0xBD4D);
@@ -39,9 +41,9 @@ TEST(adamw_first_step_by_hand) {
 }
 
 TEST(adamw_second_step_reads_bf16_moments) {
-    // Step 2 starts from the stored BF16 moments m1 = bf16(0.05) = 0.050048828125, v1 = bf16(0.0125) =
-    // 0.01251220703125. With g2 = 0.25 and no decay: m2 = 0.9 m1 + 0.025, v2 = 0.95 v1 + 0.05 * 0.0625,
-    // mhat = m2 / (1 - 0.81), vhat = v2 / (1 - 0.9025); p2 = p1 - lr * mhat / (sqrt(vhat) + eps).
+    // Step 2 starts from the stored BF16 moments m1 = 0.050048828125, v1 = 0.01251220703125. With g2 = 0.25 and no
+    // decay: m2 = bf16(0.9 m1 + 0.025), v2 = bf16(0.95 v1 + 0.05 * 0.0625) (the stored values, checked bit for
+    // bit), mhat = m2 / (1 - 0.81), vhat = v2 / (1 - 0.9025); p2 = p1 - lr * mhat / (sqrt(vhat) + eps).
     const Backend *be = &backend_cpu;
     ParamTable t = two_tensor_table();
     float params[3] = {1, 1, 1}, grads[3] = {0.5f, 0.5f, 0.5f};
@@ -52,8 +54,11 @@ TEST(adamw_second_step_reads_bf16_moments) {
     double p1 = params[0];
     grads[0] = grads[1] = grads[2] = 0.25f;
     adamw_step(&o, params, grads, &h, 0.433);
-    double m1 = 0.050048828125, v1 = 0.01251220703125;
-    double m2 = 0.9 * m1 + 0.1 * 0.25, v2 = 0.95 * v1 + 0.05 * 0.0625;
+    // 0.9 * 0.050048828125 + 0.025 = 0.0700439453125 -> BF16 0x3D8F = 0.06982421875 (the next one up, 0x3D90 =
+    // 0.0703125, is farther); 0.95 * 0.01251220703125 + 0.003125 = 0.0150115966796875 -> 0x3C76 = 0.0150146484375.
+    ASSERT_EQ_INT(o.m[0], 0x3D8F);
+    ASSERT_EQ_INT(o.v[0], 0x3C76);
+    double m2 = 0.06982421875, v2 = 0.0150146484375;
     double mhat = m2 / (1 - 0.81), vhat = v2 / (1 - 0.9025);
     ASSERT_NEAR(params[0], p1 - 0.1 * mhat / (sqrt(vhat) + 1e-8), 1e-6, 0);
     adamw_free(&o);
