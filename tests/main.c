@@ -55,10 +55,10 @@ int test_run(const char *cmd, char **output) {
 const char *test_tmpdir(void) { return g_tmpdir; }
 
 const char *test_path(const char *rel) {
-    static char buf[8][4096];
+    static char buf[8][8192];
     static int slot;
     char *b = buf[slot++ % 8];
-    snprintf(b, 4096, "%s/%s", g_root, rel);
+    snprintf(b, 8192, "%s/%s", g_root, rel);
     return b;
 }
 
@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
             }
         }
         fflush(stdout);
-        char rm[4200];
+        char rm[4400];
         snprintf(rm, sizeof rm, "rm -rf '%s'", g_tmpdir);
         if (system(rm) != 0) fprintf(stderr, "warning: could not remove %s\n", g_tmpdir);
     }
