@@ -1,0 +1,60 @@
+// Argument checks shared by the cpu ops: a wrong dtype, rank or dimension stops the program with the op's name,
+// the tensors' names and shapes, instead of reading out of bounds.
+#include "kernels/cpu/cpu_ops.h"
+#include "train/check.h"
+
+#include <stdio.h>
+
+static const char *dtype_name(DType dt) {
+    switch (dt) {
+    case DT_F32: return "f32";
+    case DT_BF16: return "bf16";
+    case DT_I32: return "i32";
+    case DT_F8E4M3: return "f8e4m3";
+    }
+    return "unknown dtype";
+}
+
+const char *cpu_shape_str(const Tensor *t, char *buf) {
+    int n = 0;
+    n += snprintf(buf + n, 96 - n, "(");
+    for (int i = 0; i < t->ndim && i < 4 && n < 80; i++)
+        n += snprintf(buf + n, 96 - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    snprintf(buf + n, 96 - n, ")");
+    return buf;
+}
+
+void cpu_need(const char *op, const char *name, const Tensor *t, DType dt, int ndim) {
+    char s[96];
+    if (t->ndim < 1 || t->ndim > 4) die("%s: %s has %d dimensions (expected 1 to 4)", op, name, t->ndim);
+    if (t->dtype != dt)
+        die("%s: %s %s is %s, expected %s", op, name, cpu_shape_str(t, s), dtype_name(t->dtype), dtype_name(dt));
+    if (ndim > 0 && t->ndim != ndim)
+        die("%s: %s %s has %d dimensions, expected %d", op, name, cpu_shape_str(t, s), t->ndim, ndim);
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] < 0) die("%s: %s %s has a negative dimension", op, name, cpu_shape_str(t, s));
+    if (!t->data && tensor_numel(t) > 0) die("%s: %s %s has no data (NULL)", op, name, cpu_shape_str(t, s));
+}
+
+int64_t cpu_cols(const Tensor *t) { return t->shape[t->ndim - 1]; }
+
+int64_t cpu_rows(const Tensor *t) {
+    int64_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++) r *= t->shape[i];
+    return r;
+}
+
+void cpu_agree(const char *op, const char *an, const Tensor *a, int64_t av, const char *bn, const Tensor *b,
+               int64_t bv, const char *what) {
+    if (av == bv) return;
+    char sa[96], sb[96];
+    die("%s: %s %s and %s %s disagree on %s (%lld vs %lld)", op, an, cpu_shape_str(a, sa), bn, cpu_shape_str(b, sb),
+        what, (long long)av, (long long)bv);
+}
+
+void cpu_expect(const char *op, const char *name, const Tensor *t, int64_t got, int64_t want, const char *what) {
+    if (got == want) return;
+    char s[96];
+    die("%s: %s %s has %s = %lld, expected %lld", op, name, cpu_shape_str(t, s), what, (long long)got,
+        (long long)want);
+}

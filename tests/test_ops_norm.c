@@ -1,0 +1,220 @@
+// cpu RMSNorm, SwiGLU, axpy, copy_cols, embedding and cross-entropy against double-precision references written
+// here, and their backward against central finite differences of those references (loss = sum(out * R)).
+#include "kernels/ops.h"
+#include "tests/ops_testutil.h"
+#include "tests/test.h"
+
+static const Backend *cpu(void) { return backend_get("cpu"); }
+
+// ---- RMSNorm ----
+typedef struct { int M, d; double eps, *x, *w, *R; } NormCtx;
+
+static void ref_rmsnorm(double *y, double *rstd, const NormCtx *c) {
+    for (int m = 0; m < c->M; m++) {
+        double ss = 0.0;
+        for (int j = 0; j < c->d; j++) ss += c->x[m * c->d + j] * c->x[m * c->d + j];
+        double r = 1.0 / sqrt(ss / c->d + c->eps);
+        if (rstd) rstd[m] = r;
+        for (int j = 0; j < c->d; j++) y[m * c->d + j] = c->x[m * c->d + j] * r * c->w[j];
+    }
+}
+
+static double rmsnorm_loss(void *p) {
+    NormCtx *c = p;
+    double *y = malloc(sizeof(double) * c->M * c->d), L = 0.0;
+    ref_rmsnorm(y, NULL, c);
+    for (int i = 0; i < c->M * c->d; i++) L += y[i] * c->R[i];
+    free(y);
+    return L;
+}
+
+TEST(ops_rmsnorm_forward_backward) {
+    ops_rng_seed(201);
+    static const int shapes[][2] = {{1, 3}, {1, 8}, {3, 5}, {4, 13}, {7, 64}, {2, 70}}; // d = 1 has a ~0 dinp
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], d = shapes[s][1];
+        float eps = 1e-6f;
+        float *x = ops_rand(M * d, 2.0f), *w = ops_rand(d, 1.5f), *R = ops_rand(M * d, 1.0f);
+        float *y = calloc(M * d, 4), *rstd = calloc(M, 4), *dx0 = ops_rand(M * d, 1.0f), *dw0 = ops_rand(d, 1.0f);
+        float *dx = ops_copy_f(dx0, M * d), *dw = ops_copy_f(dw0, d);
+        NormCtx c = {M, d, eps, ops_to_double(x, M * d), ops_to_double(w, d), ops_to_double(R, M * d)};
+        double *yw = malloc(sizeof(double) * M * d), *rw = malloc(sizeof(double) * M);
+        ref_rmsnorm(yw, rw, &c);
+        cpu()->rmsnorm_forward(tensor_2d(y, DT_F32, M, d), tensor_1d(rstd, DT_F32, M), tensor_2d(x, DT_F32, M, d),
+                               tensor_1d(w, DT_F32, d), eps);
+        EXPECT_CLOSE("rmsnorm out", y, yw, M * d, 1e-5, 1e-6);
+        EXPECT_CLOSE("rmsnorm rstd", rstd, rw, M, 1e-5, 0);
+        double *gx = ops_fd_grad(rmsnorm_loss, &c, c.x, M * d), *gw = ops_fd_grad(rmsnorm_loss, &c, c.w, d);
+        cpu()->rmsnorm_backward(tensor_2d(dx, DT_F32, M, d), tensor_1d(dw, DT_F32, d), tensor_2d(R, DT_F32, M, d),
+                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), 0);
+        for (int j = 0; j < d; j++) gw[j] += dw0[j];
+        EXPECT_CLOSE("rmsnorm dinp (overwrite)", dx, gx, M * d, 1e-4, 1e-5);
+        EXPECT_CLOSE("rmsnorm dw (accumulated)", dw, gw, d, 1e-4, 1e-5);
+        // accumulate_dinp = 1 adds onto what is there.
+        memcpy(dx, dx0, sizeof(float) * M * d);
+        cpu()->rmsnorm_backward(tensor_2d(dx, DT_F32, M, d), tensor_1d(NULL, DT_F32, d), tensor_2d(R, DT_F32, M, d),
+                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), 1);
+        for (int i = 0; i < M * d; i++) gx[i] += dx0[i];
+        EXPECT_CLOSE("rmsnorm dinp (accumulated)", dx, gx, M * d, 1e-4, 1e-5);
+        free(x), free(w), free(R), free(y), free(rstd), free(dx0), free(dw0), free(dx), free(dw);
+        free(c.x), free(c.w), free(c.R), free(yw), free(rw), free(gx), free(gw);
+    }
+}
+
+// ---- SwiGLU ----
+typedef struct { int n; double *g, *u, *R; } SwigluCtx;
+
+static double silu_d(double g) { return g / (1.0 + exp(-g)); }
+
+static double swiglu_loss(void *p) {
+    SwigluCtx *c = p;
+    double L = 0.0;
+    for (int i = 0; i < c->n; i++) L += silu_d(c->g[i]) * c->u[i] * c->R[i];
+    return L;
+}
+
+TEST(ops_swiglu_forward_backward) {
+    ops_rng_seed(202);
+    static const int shapes[][2] = {{1, 1}, {3, 7}, {5, 16}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], I = shapes[s][1], n = M * I;
+        float *g = ops_rand(n, 4.0f), *u = ops_rand(n, 2.0f), *R = ops_rand(n, 1.0f);
+        float *y = calloc(n, 4), *dg = calloc(n, 4), *du = calloc(n, 4);
+        SwigluCtx c = {n, ops_to_double(g, n), ops_to_double(u, n), ops_to_double(R, n)};
+        double *yw = malloc(sizeof(double) * n);
+        for (int i = 0; i < n; i++) yw[i] = silu_d(c.g[i]) * c.u[i];
+        cpu()->swiglu_forward(tensor_2d(y, DT_F32, M, I), tensor_2d(g, DT_F32, M, I), tensor_2d(u, DT_F32, M, I));
+        EXPECT_CLOSE("swiglu out", y, yw, n, 1e-5, 1e-7);
+        cpu()->swiglu_backward(tensor_2d(dg, DT_F32, M, I), tensor_2d(du, DT_F32, M, I), tensor_2d(R, DT_F32, M, I),
+                               tensor_2d(g, DT_F32, M, I), tensor_2d(u, DT_F32, M, I));
+        double *gg = ops_fd_grad(swiglu_loss, &c, c.g, n), *gu = ops_fd_grad(swiglu_loss, &c, c.u, n);
+        EXPECT_CLOSE("swiglu dgate", dg, gg, n, 1e-4, 1e-6);
+        EXPECT_CLOSE("swiglu dup", du, gu, n, 1e-4, 1e-6);
+        free(g), free(u), free(R), free(y), free(dg), free(du), free(c.g), free(c.u), free(c.R), free(yw), free(gg),
+            free(gu);
+    }
+}
+
+TEST(ops_axpy_and_copy_cols) {
+    // axpy: y = [1, 2, 3] + 0.5 * [4, -2, 8] = [3, 1, 7] (exact in FP32)
+    float y[3] = {1, 2, 3}, x[3] = {4, -2, 8};
+    cpu()->axpy(tensor_1d(y, DT_F32, 3), tensor_1d(x, DT_F32, 3), 0.5f);
+    ASSERT(y[0] == 3.0f && y[1] == 1.0f && y[2] == 7.0f);
+    // copy_cols: dst (2, 4), src (2, 3); copy src cols [1, 3) into dst cols [2, 4), then accumulate src col 0 into
+    // dst col 0.
+    float dst[8] = {0, 0, 0, 0, 10, 10, 10, 10}, src[6] = {1, 2, 3, 4, 5, 6};
+    cpu()->copy_cols(tensor_2d(dst, DT_F32, 2, 4), 2, tensor_2d(src, DT_F32, 2, 3), 1, 2, 0);
+    cpu()->copy_cols(tensor_2d(dst, DT_F32, 2, 4), 0, tensor_2d(src, DT_F32, 2, 3), 0, 1, 1);
+    float want[8] = {1, 0, 2, 3, 14, 10, 5, 6};
+    for (int i = 0; i < 8; i++) ASSERT_NEAR(dst[i], want[i], 0, 0);
+}
+
+// ---- embedding ----
+TEST(ops_embedding_forward_backward) {
+    ops_rng_seed(203);
+    enum { V = 6, d = 5, N = 7 };
+    int32_t ids[N] = {3, 0, 3, 5, 1, 3, 0}; // repeated ids: their gradients must add up
+    float *table = ops_rand(V * d, 1.0f), *out = calloc(N * d, 4), *g = ops_rand(N * d, 1.0f);
+    float *dt0 = ops_rand(V * d, 1.0f), *dt = ops_copy_f(dt0, V * d);
+    cpu()->embedding_forward(tensor_2d(out, DT_F32, N, d), tensor_1d(ids, DT_I32, N), tensor_2d(table, DT_F32, V, d));
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < d; j++) ASSERT(out[n * d + j] == table[ids[n] * d + j]);
+    cpu()->embedding_backward(tensor_2d(dt, DT_F32, V, d), tensor_2d(g, DT_F32, N, d), tensor_1d(ids, DT_I32, N));
+    double want[V * d];
+    for (int i = 0; i < V * d; i++) want[i] = dt0[i];
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < d; j++) want[ids[n] * d + j] += g[n * d + j];
+    EXPECT_CLOSE("dtable", dt, want, V * d, 1e-6, 0);
+}
+
+static void die_embedding_bad_id(void *unused) {
+    (void)unused;
+    static float table[4 * 2], out[2 * 2];
+    static int32_t ids[2] = {1, 4};
+    backend_get("cpu")->embedding_forward(tensor_2d(out, DT_F32, 2, 2), tensor_1d(ids, DT_I32, 2),
+                                          tensor_2d(table, DT_F32, 4, 2));
+}
+
+// ---- cross-entropy ----
+typedef struct { int N, V; const int32_t *tg; double *x; double scale; } CeCtx;
+
+static double ce_loss(void *p) {
+    CeCtx *c = p;
+    double L = 0.0;
+    for (int n = 0; n < c->N; n++) {
+        double mx = -INFINITY, s = 0.0;
+        for (int j = 0; j < c->V; j++) mx = fmax(mx, c->x[n * c->V + j]);
+        for (int j = 0; j < c->V; j++) s += exp(c->x[n * c->V + j] - mx);
+        L += mx + log(s) - c->x[n * c->V + c->tg[n]];
+    }
+    return L * c->scale;
+}
+
+TEST(ops_cross_entropy_forward_backward) {
+    ops_rng_seed(204);
+    static const int shapes[][2] = {{1, 2}, {3, 7}, {5, 33}, {2, 130}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int N = shapes[s][0], V = shapes[s][1];
+        float *x = ops_rand(N * V, 5.0f), *loss = calloc(N, 4), *dx = calloc(N * V, 4);
+        int32_t *tg = malloc(sizeof(int32_t) * N);
+        for (int n = 0; n < N; n++) tg[n] = (int32_t)(ops_rng_u64() % (uint64_t)V);
+        const float gs = 0.25f;
+        CeCtx c = {N, V, tg, ops_to_double(x, N * V), 1.0};
+        double *lw = malloc(sizeof(double) * N);
+        for (int n = 0; n < N; n++) {
+            CeCtx one = {1, V, tg + n, c.x + n * V, 1.0};
+            lw[n] = ce_loss(&one);
+        }
+        cpu()->cross_entropy_forward_backward(tensor_1d(loss, DT_F32, N), tensor_2d(dx, DT_F32, N, V),
+                                              tensor_2d(x, DT_F32, N, V), tensor_1d(tg, DT_I32, N), gs);
+        EXPECT_CLOSE("ce losses", loss, lw, N, 1e-5, 1e-7);
+        c.scale = gs;
+        double *gx = ops_fd_grad(ce_loss, &c, c.x, N * V);
+        EXPECT_CLOSE("ce dlogits", dx, gx, N * V, 1e-4, 1e-5);
+        // dlogits aliasing logits gives the same numbers.
+        float *xa = ops_copy_f(x, N * V);
+        cpu()->cross_entropy_forward_backward(tensor_1d(loss, DT_F32, N), tensor_2d(xa, DT_F32, N, V),
+                                              tensor_2d(xa, DT_F32, N, V), tensor_1d(tg, DT_I32, N), gs);
+        ASSERT(memcmp(xa, dx, sizeof(float) * N * V) == 0);
+        EXPECT_CLOSE("ce losses (aliased)", loss, lw, N, 1e-5, 1e-7);
+        free(x), free(loss), free(dx), free(tg), free(c.x), free(lw), free(gx), free(xa);
+    }
+}
+
+// A hand-worked row: logits [0, ln 3] target 1: softmax [1/4, 3/4], loss = -ln(3/4) = ln(4/3),
+// dlogits = [1/4, 3/4 - 1] = [0.25, -0.25].
+TEST(ops_cross_entropy_hand_example) {
+    float x[2] = {0.0f, logf(3.0f)}, loss[1], dx[2];
+    int32_t tg[1] = {1};
+    cpu()->cross_entropy_forward_backward(tensor_1d(loss, DT_F32, 1), tensor_2d(dx, DT_F32, 1, 2),
+                                          tensor_2d(x, DT_F32, 1, 2), tensor_1d(tg, DT_I32, 1), 1.0f);
+    ASSERT_NEAR(loss[0], log(4.0 / 3.0), 1e-6, 0);
+    ASSERT_NEAR(dx[0], 0.25, 1e-6, 0);
+    ASSERT_NEAR(dx[1], -0.25, 1e-6, 0);
+}
+
+static void die_ce_bad_target(void *unused) {
+    (void)unused;
+    static float x[2 * 3], l[2], dx[2 * 3];
+    static int32_t tg[2] = {0, 3};
+    backend_get("cpu")->cross_entropy_forward_backward(tensor_1d(l, DT_F32, 2), tensor_2d(dx, DT_F32, 2, 3),
+                                                       tensor_2d(x, DT_F32, 2, 3), tensor_1d(tg, DT_I32, 2), 1.0f);
+}
+static void die_rmsnorm_bad_w(void *unused) {
+    (void)unused;
+    static float x[2 * 4], y[2 * 4], r[2], w[3];
+    backend_get("cpu")->rmsnorm_forward(tensor_2d(y, DT_F32, 2, 4), tensor_1d(r, DT_F32, 2),
+                                        tensor_2d(x, DT_F32, 2, 4), tensor_1d(w, DT_F32, 3), 1e-6f);
+}
+static void die_copy_cols_out_of_range(void *unused) {
+    (void)unused;
+    static float d[2 * 4], s[2 * 3];
+    backend_get("cpu")->copy_cols(tensor_2d(d, DT_F32, 2, 4), 3, tensor_2d(s, DT_F32, 2, 3), 0, 2, 0);
+}
+
+TEST(ops_norm_loss_bad_inputs_die) {
+    EXPECT_DIE(die_embedding_bad_id, NULL, "embedding_forward: ids[1] = 4 is outside the table's 4 rows");
+    EXPECT_DIE(die_ce_bad_target, NULL, "targets[1] = 3 is outside the vocabulary of 3");
+    EXPECT_DIE(die_rmsnorm_bad_w, NULL, "rmsnorm_forward: inp (2, 4) and w (3) disagree on d");
+    EXPECT_DIE(die_copy_cols_out_of_range, NULL, "copy_cols: columns out of range");
+}
