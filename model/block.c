@@ -1,0 +1,30 @@
+// One transformer block: x_mid = x_in + MLA(RMSNorm(x_in)); x_out = x_mid + FFN(RMSNorm(x_mid)), FFN dense SwiGLU
+// or MoE. Backward runs in place on one residual-gradient buffer dx (N, d): the residual adds pass the gradient
+// through unchanged, and each branch adds its input gradient into dx (accumulate flags).
+#include "model/model_impl.h"
+
+double block_forward(Model *m, Layer *L, int train) {
+    const Backend *be = m->be;
+    mla_forward(m, L);
+    be->rmsnorm_forward(L->h2, L->rstd2, L->x_mid, L->post_norm.w, (float)m->mc.norm_eps);
+    be->copy(L->x_out.data, L->x_mid.data, (size_t)m->N * m->mc.dim * sizeof(float));
+    if (!L->is_moe) {
+        ffn_forward(be, &L->ffn, L->h2, L->x_out);
+        return 0;
+    }
+    return moe_forward(m, L, L->x_out, train);
+}
+
+void block_backward(Model *m, Layer *L, Tensor dx) {
+    const Backend *be = m->be;
+    Tensor dh2 = m->bs.dh;
+    if (m->cfg.train.recompute) {
+        be->rmsnorm_forward(L->h2, L->rstd2, L->x_mid, L->post_norm.w, (float)m->mc.norm_eps);
+        if (L->is_moe) moe_recompute(m, L);
+        else ffn_recompute(be, &L->ffn);
+    }
+    if (L->is_moe) moe_backward(m, L, dx, dh2);
+    else ffn_backward(be, &L->ffn, L->h2, dx, dh2, 0, &m->bs);
+    be->rmsnorm_backward(dx, L->post_norm.g, dh2, L->x_mid, L->post_norm.w, L->rstd2, 1);
+    mla_backward(m, L, dx);
+}
