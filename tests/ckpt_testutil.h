@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef struct {
@@ -157,6 +158,50 @@ static inline void tu_barrier(void *ctx) {
         if (write(b->up[1], &c, 1) != 1) die("barrier: write failed");
         if (read(b->down[b->rank][0], &c, 1) != 1) die("barrier: rank 0 died");
     }
+}
+
+// Saves one checkpoint with a world of pp * ep forked ranks (rank r = stage * ep + ep_rank), each holding the table
+// of its stage and expert slice filled by tstate_fill(seed), with the real multi-rank protocol (pipe barrier).
+// extra(rs, ctx) may add blobs to each rank's state. Returns 1 when every rank exited cleanly.
+static inline StageSpec tu_layout_spec(const ModelConfig *mc, int pp, int ep, int rank) {
+    StageSpec s = params_stage_spec(mc, pp, rank / ep);
+    s.ep_size = ep;
+    s.ep_rank = rank % ep;
+    return s;
+}
+
+static inline int tu_save_world(const char *root, const ModelConfig *mc, int pp, int ep, uint64_t seed, int64_t step,
+                                void (*extra)(CkptRankState *rs, void *ctx), void *ctx) {
+    int world = pp * ep;
+    TuBarrier b;
+    tu_barrier_init(&b, world);
+    pid_t pids[TU_MAX_WORLD];
+    for (int r = 0; r < world; r++) {
+        pids[r] = fork();
+        if (pids[r] < 0) return 0;
+        if (pids[r] == 0) {
+            b.rank = r;
+            check_set_rank(r);
+            TState s;
+            tstate_create(&s, mc, tu_layout_spec(mc, pp, ep, r));
+            tstate_fill(&s, seed);   // the same global values whatever the layout
+            CkptOptions o = {.root = root, .model = mc, .keep_last = 2, .barrier = tu_barrier, .barrier_ctx = &b};
+            // With EP, slice 0 of a stage writes its non-expert tensors, the others only their experts.
+            CkptStage st = tstate_stage(&s, r / ep, r % ep);
+            CkptRankState rs = {.step = step, .tokens = (double)step * 1000, .rank = r, .world = world,
+                                .dp_rank = 0, .dp_size = 1, .pp_rank = r / ep, .pp_size = pp, .ep_rank = r % ep,
+                                .ep_size = ep};
+            if (extra) extra(&rs, ctx);
+            ckpt_save(&o, &st, &rs);
+            _exit(0);
+        }
+    }
+    int ok = 1;
+    for (int r = 0; r < world; r++) {
+        int status;
+        if (waitpid(pids[r], &status, 0) != pids[r] || !WIFEXITED(status) || WEXITSTATUS(status) != 0) ok = 0;
+    }
+    return ok;
 }
 
 #endif

@@ -331,52 +331,24 @@ TEST(ckpt_model_mismatch_is_an_error) {
 
 // ---- multi-rank protocol and resharding ----
 
-// World of `world` forked ranks; rank r saves stage/part given by layout(r) from a table built by spec(r).
 typedef struct {
     int pp, ep;       // rank r = stage * ep + ep_rank
 } Layout;
 
-static StageSpec layout_spec(const ModelConfig *mc, Layout l, int rank) {
-    StageSpec s = params_stage_spec(mc, l.pp, rank / l.ep);
-    s.ep_size = l.ep;
-    s.ep_rank = rank % l.ep;
-    return s;
+static StageSpec layout_spec(const ModelConfig *mc, Layout l, int rank) { return tu_layout_spec(mc, l.pp, l.ep, rank); }
+
+static void rank_blobs(CkptRankState *rs, void *ctx) {
+    Extra *x = ctx;   // one per rank: each forked rank fills its own copy
+    extra_fill(x, rs->step * 10 + rs->rank);
+    rs->n_blobs = 2;
+    rs->blobs[0] = (CkptBlob){"loader", x->loader, sizeof x->loader};
+    rs->blobs[1] = (CkptBlob){"rng", x->rng, sizeof x->rng};
 }
 
 static void save_world(Layout l, int64_t step) {
-    int world = l.pp * l.ep;
-    TuBarrier b;
-    tu_barrier_init(&b, world);
-    pid_t pids[TU_MAX_WORLD];
-    for (int r = 0; r < world; r++) {
-        pids[r] = fork();
-        ASSERT(pids[r] >= 0);
-        if (pids[r] == 0) {
-            b.rank = r;
-            check_set_rank(r);
-            ModelConfig mc = tiny();
-            TState s;
-            tstate_create(&s, &mc, layout_spec(&mc, l, r));
-            tstate_fill(&s, 77);   // the same global values whatever the layout
-            Extra x;
-            extra_fill(&x, step * 10 + r);
-            CkptOptions o = {.root = root_dir(), .model = &mc, .keep_last = 2, .barrier = tu_barrier, .barrier_ctx = &b};
-            CkptStage st = tstate_stage(&s, r / l.ep, r % l.ep);
-            CkptRankState rs = rank_state(step, &x, r, world);
-            rs.pp_rank = r / l.ep;
-            rs.pp_size = l.pp;
-            rs.ep_rank = r % l.ep;
-            rs.ep_size = l.ep;
-            // With EP, a stage's non-expert tensors are written once (part 0); so is every stage's state.
-            ckpt_save(&o, &st, &rs);
-            _exit(0);
-        }
-    }
-    for (int r = 0; r < world; r++) {
-        int status;
-        ASSERT(waitpid(pids[r], &status, 0) == pids[r]);
-        ASSERT_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "rank %d of the save failed", r);
-    }
+    ModelConfig mc = tiny();
+    Extra x;
+    ASSERT_MSG(tu_save_world(root_dir(), &mc, l.pp, l.ep, 77, step, rank_blobs, &x), "a rank of the save failed");
 }
 
 // Loads checkpoint `step` into the tables of layout `l` (in this process, one table at a time) and compares each to
