@@ -6,6 +6,8 @@
 //   scores in the group; the topk_groups best groups are kept; top_k experts are picked among them by biased score;
 //   gates = unbiased scores of the chosen / (their sum + 1e-20) (sigmoid only, as both references) * route_scale.
 // Ties go to the lower index (groups and experts), so a choice never depends on thread count or summation order.
+// Experts of dropped groups are excluded outright, as the official code does (-inf). HF instead sets their biased
+// score to 0.0, which differs only when fewer than top_k experts of the kept groups have a positive biased score.
 #include "kernels/cpu/cpu_ops.h"
 #include "train/check.h"
 
