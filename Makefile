@@ -34,7 +34,7 @@ CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -Wall -Wextra -Wno-unused-parameter -fo
 LDLIBS  := $(H5_LIBS) $(YAML_LIBS) $(PCRE_LIBS) -lpthread -lm
 LDFLAGS := -fopenmp $(LDOPT)
 
-MAINS    := train/main.c data/tokenize_main.c
+MAINS    := train/main.c data/tokenize_main.c data/bench_loader_main.c
 LIB_SRC  := $(filter-out $(MAINS), $(wildcard train/*.c model/*.c kernels/*.c kernels/cpu/*.c parallel/*.c data/*.c))
 TEST_SRC := $(wildcard tests/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -67,6 +67,9 @@ $(BUILD)/train: $(BUILD)/obj/train/main.o $(LIB_OBJ) $(CU_OBJ)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tokenize: $(BUILD)/obj/data/tokenize_main.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_loader: $(BUILD)/obj/data/bench_loader_main.o $(LIB_OBJ) $(CU_OBJ)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests: $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) | $(BUILD)/train $(BUILD)/tokenize

@@ -32,6 +32,9 @@ typedef struct {
 } Shard;
 void shard_open(Shard *s, const char *path);
 void shard_read_tokens(Shard *s, uint64_t start, uint64_t count, uint32_t *out);
+// Closes the HDF5 handles but keeps the metadata (doc_offsets, attributes); the next shard_read_tokens reopens the
+// file (checking it still holds n_tokens tokens). Lets the loader index thousands of shards with few files open.
+void shard_release_file(Shard *s);
 void shard_close(Shard *s);
 
 #endif

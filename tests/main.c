@@ -1,5 +1,4 @@
 // Test runner: see test.h. Usage: build/tests [substring...]
-#define _GNU_SOURCE
 #include "test.h"
 
 #include <stdarg.h>
@@ -11,7 +10,7 @@
 typedef struct { const char *name, *file; TestFn fn; } TestCase;
 static TestCase *g_tests;
 static int g_n_tests, g_cap_tests;
-static char g_tmpdir[4096];
+static char g_tmpdir[4200];
 static char g_root[4096];
 
 void test_register(const char *name, const char *file, TestFn fn) {
@@ -56,10 +55,24 @@ int test_run(const char *cmd, char **output) {
 const char *test_tmpdir(void) { return g_tmpdir; }
 
 const char *test_path(const char *rel) {
-    static char buf[8][4096];
+    static char buf[8][8192];
     static int slot;
     char *b = buf[slot++ % 8];
-    snprintf(b, 4096, "%s/%s", g_root, rel);
+    snprintf(b, 8192, "%s/%s", g_root, rel);
+    return b;
+}
+
+const char *test_bin(const char *name) {
+    static char buf[4][8192];
+    static int slot;
+    char *b = buf[slot++ % 4];
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) { perror("readlink /proc/self/exe"); exit(2); }
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    snprintf(b, 8192, "%s/%s", exe, name);
     return b;
 }
 
@@ -95,7 +108,7 @@ int main(int argc, char **argv) {
             }
         }
         fflush(stdout);
-        char rm[4200];
+        char rm[4400];
         snprintf(rm, sizeof rm, "rm -rf '%s'", g_tmpdir);
         if (system(rm) != 0) fprintf(stderr, "warning: could not remove %s\n", g_tmpdir);
     }

@@ -42,6 +42,7 @@ char *xstrdup(const char *s);
 #define MPI_CHECK(call) do { int rc_ = (call); if (rc_ != 0 /* MPI_SUCCESS */) { \
     die_at(__FILE__, __LINE__, "%s failed with MPI error %d", #call, rc_); } } while (0)
 // HDF5 calls return negative on failure (hid_t or herr_t).
+// (The braces keep gcc's -Wmisleading-indentation quiet when the macro is used as a statement.)
 #define H5_CHECK(call) ({ __typeof__(call) rc_ = (call); if (rc_ < 0) { \
     die_at(__FILE__, __LINE__, "%s failed (HDF5)", #call); } rc_; })
 

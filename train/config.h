@@ -31,6 +31,7 @@ typedef struct {
     int n_activated_experts; // routed experts per token (top-k), 8
     int n_expert_groups;     // routing groups, 8
     int n_limited_groups;    // groups kept per token (topk_group), 4
+    int group_score_topk;    // a group's score = sum of its top group_score_topk biased expert scores, 2 (as V3's code)
     ScoreFunc score_func;    // sigmoid (V3) or softmax (V2 / 16B)
     double route_scale;      // gate weight multiplier, 2.5
     int q_lora_rank;         // 1536; 0 = plain query projection
@@ -54,7 +55,9 @@ typedef struct {
 // given in steps or tokens in the YAML; config_load resolves every end to tokens through the batch-size schedule
 // (until_tokens below), so that evaluation needs only the token counter. Shapes move from the value at the end of
 // the previous phase to `to`: linear, cosine (half-cosine), or constant (jump to `to` at the phase start).
-// Past the last phase the value stays at the last phase's `to`.
+// Past the last phase the value stays at the last phase's `to`. Phase i covers tokens in [end of phase i-1, its end):
+// a value is asked for with the tokens consumed BEFORE the step, so a phase ending at N tokens no longer applies to
+// the step that starts at N tokens.
 typedef enum { PHASE_CONSTANT = 0, PHASE_LINEAR = 1, PHASE_COSINE = 2 } PhaseShape;
 typedef struct {
     PhaseShape shape;
@@ -76,7 +79,7 @@ typedef struct {
     long batch_start;         // global batch in sequences at token 0 (3072)
     long batch_end;           // global batch in sequences after the ramp (15360)
     double batch_ramp_tokens; // tokens over which the batch ramps linearly (469e9); 0 = no ramp
-    double total_tokens;      // training stops after this many tokens (14.8e12), or
+    double total_tokens;      // training stops after this many tokens (14.8e12; 0 = no token limit), or
     long max_steps;           // after this many optimizer steps, whichever comes first (0 = no step limit)
     Schedule lr;              // learning rate
     Schedule bias_update_speed; // gamma of auxiliary-loss-free balancing
@@ -92,7 +95,7 @@ typedef struct {
 } TrainConfig;
 
 typedef struct {
-    char train[CONFIG_PATH_MAX];     // shard list: glob(s) separated by commas, relative to the config file
+    char train[CONFIG_PATH_MAX];     // shard list: glob(s) separated by commas, relative to the working directory
     char val[CONFIG_PATH_MAX];       // validation shards, same syntax ("" = no eval)
     char tokenizer[CONFIG_PATH_MAX]; // "byte" or a path to a Hugging Face tokenizer.json (for sampling)
     int prefetch;                    // micro-batches prepared ahead by the background thread
@@ -131,9 +134,9 @@ typedef struct {
 
 // Fills every key with its table default.
 void config_defaults(Config *cfg);
-// Loads `path` over the defaults, applies the `--set section.key=value` overrides in order, validates each key and
-// the cross-key rules, and resolves schedules. On any error: a message with file:line:column (or "--set"), the key,
-// what was expected, and exit(1).
+// Loads `path` (NULL: none) over the defaults, applies the `--set section.key=value` overrides in order, validates
+// each key and the cross-key rules, and resolves schedules. On any error: a message with file:line:column (or
+// "--set section.key=value"), the key, what was expected, and exit(1).
 void config_load(Config *cfg, const char *path, int n_overrides, char **overrides);
 // Writes the effective config as YAML that config_load reads back to the same values.
 void config_dump(const Config *cfg, FILE *out);
@@ -141,9 +144,17 @@ void config_dump(const Config *cfg, FILE *out);
 void config_print_help(FILE *out);
 // Schedule value at a token count (after config_load resolved phase ends to tokens).
 double schedule_value(const Schedule *s, double tokens);
-// Global batch size in sequences at a token count, from the batch ramp; a multiple of micro_batch * dp.
+// Global batch size in sequences for the step that starts after `tokens` tokens: linear in tokens from batch_start
+// (at 0) to batch_end (at batch_ramp_tokens), rounded DOWN to a multiple of micro_batch * dp and never below
+// batch_start; batch_end from batch_ramp_tokens on (and always when batch_ramp_tokens is 0).
 long config_batch_size(const Config *cfg, double tokens);
-// Hash of the model section (for checkpoint compatibility checks).
+// Tokens consumed by the first `steps` optimizer steps: t(0) = 0, t(s+1) = t(s) + config_batch_size(t(s)) * seq_len.
+// Exact (integers below 2^53); the trainer's token counter must advance the same way.
+double config_tokens_after_steps(const Config *cfg, long steps);
+// Writes config_dump(cfg) to `path` atomically (path.tmp.<pid>, fsync, rename), creating missing parent directories.
+void config_save(const Config *cfg, const char *path);
+// FNV-1a 64 over every model key's name and value in table order (not the raw struct bytes), for checkpoint
+// compatibility checks.
 unsigned long long config_model_hash(const ModelConfig *m);
 
 #endif

@@ -1,9 +1,119 @@
-// build/train: the one binary. Subcommands are filled in as the subsystems land.
+// build/train: the one binary.
+//
+//   build/train [--set section.key=value]... CONFIG              train (the training entry)
+//   build/train plan [--set section.key=value]... CONFIG         parameters, FLOPs/token and per-GPU memory
+//   build/train dump-config [--set section.key=value]... CONFIG  print the effective config as YAML
+//   build/train --help-config                                    every config key: type, default, range, help
+//   build/train --help
+//
+// Subcommands that take a config share one argument parser (parse_config_args), so --set works the same for all.
 #include "train/check.h"
 #include "train/config.h"
+#include "train/plan.h"
+#include "train/trainer.h"
+#include <stdlib.h>
 #include <string.h>
 
+static void usage(FILE *out) {
+    fprintf(out,
+        "usage: build/train [--set section.key=value]... CONFIG\n"
+        "       build/train plan [--set section.key=value]... CONFIG\n"
+        "       build/train dump-config [--set section.key=value]... CONFIG\n"
+        "       build/train --help-config\n"
+        "       build/train --help\n"
+        "\n"
+        "  CONFIG                  a YAML config (configs/tiny.yaml, configs/v3-671b.yaml, ...)\n"
+        "  --set section.key=value override one key after the file is read (repeatable), e.g.\n"
+        "                            --set train.seq_len=2048\n"
+        "                            --set 'train.lr={start: 0, phases: [{shape: cosine, until_steps: 100, to: 0}]}'\n"
+        "  plan                    parameters (total / activated), training FLOPs per token and per-GPU memory\n"
+        "                          of the config's parallel layout, without allocating the model\n"
+        "  dump-config             print the effective config (file + overrides + defaults) as YAML and exit\n"
+        "  --help-config           list every config key with its type, default, allowed values and meaning\n");
+}
+
+// Collects "--set k=v" (or "--set=k=v") and exactly one CONFIG from argv[first..]. The overrides point into argv.
+static const char *parse_config_args(int argc, char **argv, int first, int *n_sets, char **sets) {
+    const char *config = NULL;
+    *n_sets = 0;
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--set") == 0) {
+            if (i + 1 >= argc) die("--set needs an argument section.key=value (see build/train --help)");
+            sets[(*n_sets)++] = argv[++i];
+        } else if (strncmp(a, "--set=", 6) == 0) {
+            sets[(*n_sets)++] = argv[i] + 6;
+        } else if (a[0] == '-' && a[1] != 0) {
+            die("unknown option %s (see build/train --help)", a);
+        } else if (config) {
+            die("more than one config file given: %s and %s (see build/train --help)", config, a);
+        } else {
+            config = a;
+        }
+    }
+    if (!config) die("no config file given (see build/train --help)");
+    return config;
+}
+
+static int cmd_dump_config(int argc, char **argv) {
+    char **sets = xcalloc((size_t)argc, sizeof *sets);
+    int n_sets;
+    const char *path = parse_config_args(argc, argv, 2, &n_sets, sets);
+    Config cfg;
+    config_load(&cfg, path, n_sets, sets);
+    config_dump(&cfg, stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) die("cannot write the config to stdout");
+    free(sets);
+    return 0;
+}
+
+static int cmd_plan(int argc, char **argv) {
+    char **sets = xcalloc((size_t)argc, sizeof *sets);
+    int n_sets;
+    const char *path = parse_config_args(argc, argv, 2, &n_sets, sets);
+    Config cfg;
+    config_load(&cfg, path, n_sets, sets);
+    plan_print(&cfg, stdout);
+    free(sets);
+    return 0;
+}
+
+// The number of processes the launcher started (mpirun, srun), from the environment, before any MPI call.
+static int launched_world_size(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0) return atoi(v);
+    }
+    return 1;
+}
+
+// The training entry: loads the config, records the effective config in the run directory, trains.
+static int cmd_train(int argc, char **argv) {
+    char **sets = xcalloc((size_t)argc, sizeof *sets);
+    int n_sets;
+    const char *path = parse_config_args(argc, argv, 1, &n_sets, sets);
+    Config cfg;
+    config_load(&cfg, path, n_sets, sets);
+    int world = launched_world_size();
+    if (world != 1 || cfg.parallel.pp * cfg.parallel.dp != 1)
+        die("%s: parallel.pp = %d x parallel.dp = %d with %d launched process(es): this build trains in one "
+            "process only (pipeline, expert and data parallelism are not built yet); use pp 1, dp 1 and one process",
+            path, cfg.parallel.pp, cfg.parallel.dp, world);
+    char out[CONFIG_PATH_MAX + 32];
+    snprintf(out, sizeof out, "%s/config.yaml", cfg.log.run_dir);
+    config_save(&cfg, out);
+    log_info("effective config written to %s", out);
+    free(sets);
+    return trainer_run(&cfg);
+}
+
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
-    die("not yet implemented");
+    if (argc < 2) { usage(stderr); return 1; }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) { usage(stdout); return 0; }
+    if (strcmp(cmd, "--help-config") == 0) { config_print_help(stdout); return 0; }
+    if (strcmp(cmd, "dump-config") == 0) return cmd_dump_config(argc, argv);
+    if (strcmp(cmd, "plan") == 0) return cmd_plan(argc, argv);
+    return cmd_train(argc, argv);
 }

@@ -1,0 +1,244 @@
+// The step loop: micro-batches with gradient accumulation up to the (ramping) global batch, global-norm clipping,
+// AdamW, the bias update from the step's expert load, schedules, metrics, evaluation, and the non-finite guard.
+#include "train/trainer.h"
+#include "train/check.h"
+#include "train/optim.h"
+#include "model/model.h"
+#include "data/loader.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+
+static double wall_s(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return tv.tv_sec + tv.tv_usec * 1e-6;
+}
+
+static void fmt_count(char *buf, size_t n, double x) {
+    if (x >= 1e12) snprintf(buf, n, "%.2fT", x / 1e12);
+    else if (x >= 1e9) snprintf(buf, n, "%.2fB", x / 1e9);
+    else if (x >= 1e6) snprintf(buf, n, "%.2fM", x / 1e6);
+    else if (x >= 1e3) snprintf(buf, n, "%.1fK", x / 1e3);
+    else snprintf(buf, n, "%.0f", x);
+}
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) { snprintf(buf, n, "?"); return; }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, n, "%lds", t);
+}
+
+static Loader *open_loader(const Config *cfg, const char *shards, int shuffle) {
+    LoaderOptions o = {
+        .shards = shards, .base_dir = NULL, .seq_len = cfg->train.seq_len, .mtp_depth = cfg->model.mtp_depth,
+        .micro_batch = cfg->train.micro_batch, .dp_rank = 0, .dp_size = 1, .seed = cfg->train.seed,
+        .shuffle = shuffle, .vocab_size = (uint32_t)cfg->model.vocab_size, .prefetch = cfg->data.prefetch,
+    };
+    return loader_open(&o);
+}
+
+// Mean losses over the validation stream's first eval_batches micro-batches (the stream restarts every time, so
+// evaluations are comparable across steps).
+static MicroLosses evaluate(Model *m, Loader *val, const Config *cfg, uint32_t *tokens, float mtp_lambda) {
+    MicroLosses sum = {0};
+    loader_rewind(val);
+    int n = cfg->train.eval_batches;
+    for (int i = 0; i < n; i++) {
+        MicroLosses l;
+        loader_next(val, tokens);
+        model_eval(m, (const int32_t *)tokens, mtp_lambda, (float)cfg->train.balance_alpha, &l);
+        sum.lm_loss += l.lm_loss / n;
+        for (int k = 0; k < cfg->model.mtp_depth; k++) sum.mtp_loss[k] += l.mtp_loss[k] / n;
+        sum.balance_loss += l.balance_loss / n;
+        sum.total += l.total / n;
+    }
+    return sum;
+}
+
+// Test hook for the non-finite guard: DSV3_FAULT_NAN_STEPS="3,4,5" poisons the gradients of those steps (1-based),
+// as an overflow in a kernel would. Parsed once; an unset variable costs nothing.
+static int fault_nan_at(long step) {
+    const char *env = getenv("DSV3_FAULT_NAN_STEPS");
+    if (!env) return 0;
+    for (const char *p = env; *p;) {
+        char *end;
+        long s = strtol(p, &end, 10);
+        if (end == p) break;
+        if (s == step) return 1;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+int trainer_run(const Config *cfg) {
+    const TrainConfig *tc = &cfg->train;
+    const ModelConfig *mc = &cfg->model;
+    const Backend *be = backend_get(tc->backend == BACKEND_CUDA ? "cuda" : "cpu");
+    const int D = mc->mtp_depth, T = tc->seq_len, B = tc->micro_batch;
+    const int row = T + 1 + D;
+
+    if (mkdir(cfg->log.run_dir, 0755) != 0 && errno != EEXIST)
+        die("log.run_dir: cannot create %s: %s", cfg->log.run_dir, strerror(errno));
+    char metrics_path[CONFIG_PATH_MAX + 32];
+    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->log.run_dir);
+    FILE *metrics = fopen(metrics_path, "w");
+    if (!metrics) die("cannot write %s: %s", metrics_path, strerror(errno));
+
+    Loader *train = open_loader(cfg, cfg->data.train, cfg->data.shuffle);
+    Loader *val = cfg->data.val[0] && tc->eval_every > 0 ? open_loader(cfg, cfg->data.val, 0) : NULL;
+    LoaderInfo info = loader_info(train);
+    log_info("data: %d shard(s), %llu documents, %llu tokens, %llu windows of %d per epoch", info.n_shards,
+             (unsigned long long)info.n_docs, (unsigned long long)info.n_tokens,
+             (unsigned long long)info.windows_per_epoch, T);
+
+    StageSpec stage = params_full_stage(mc);
+    Model *m = model_create(cfg, be, stage, B, T);
+    model_init(m, tc->seed);
+    const ParamTable *table = model_params(m);
+    float *params = model_param_data(m), *grads = model_grad_data(m);
+    AdamW opt;
+    adamw_create(&opt, be, table);
+    const int n_moe = model_n_moe_layers(m);
+    const int E = mc->n_routed_experts;
+    log_info("model: %.3fM parameters in this stage, %d MoE layer(s), backend %s", table->total / 1e6, n_moe,
+             be->name);
+
+    uint32_t *tokens = xmalloc((size_t)B * row * sizeof(uint32_t));
+    double *max_vio = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(double));
+    long step = 0;
+    double n_tokens = 0;
+    int nonfinite_run = 0;
+    long nonfinite_total = 0;
+    double t_start = wall_s();
+    int status = 0;
+
+    while ((tc->total_tokens <= 0 || n_tokens < tc->total_tokens) && (tc->max_steps == 0 || step < tc->max_steps)) {
+        const long batch = config_batch_size(cfg, n_tokens);        // sequences in this global batch
+        const int n_micro = (int)(batch / ((long)B * cfg->parallel.dp));
+        const float lr = (float)schedule_value(&tc->lr, n_tokens);
+        const float gamma = (float)schedule_value(&tc->bias_update_speed, n_tokens);
+        const float mtp_lambda = (float)schedule_value(&tc->mtp_lambda, n_tokens);
+        double t0 = wall_s();
+
+        model_zero_grads(m);
+        model_reset_counts(m);
+        MicroLosses step_loss = {0};
+        for (int micro = 0; micro < n_micro; micro++) {
+            MicroLosses l;
+            loader_next(train, tokens);
+            model_step(m, (const int32_t *)tokens, 1.0f / n_micro, mtp_lambda, (float)tc->balance_alpha, &l);
+            step_loss.lm_loss += l.lm_loss / n_micro;
+            for (int k = 0; k < D; k++) step_loss.mtp_loss[k] += l.mtp_loss[k] / n_micro;
+            step_loss.balance_loss += l.balance_loss / n_micro;
+            step_loss.total += l.total / n_micro;
+        }
+        if (fault_nan_at(step + 1)) {
+            float nan = NAN;
+            be->upload(grads, &nan, sizeof nan);
+        }
+
+        double gnorm = optim_grad_norm(be, table, grads);
+        if (!isfinite(gnorm) || !isfinite(step_loss.total)) {
+            // Skip the update: parameters, moments, biases and schedules stay where they were; the data moves on.
+            nonfinite_run++;
+            nonfinite_total++;
+            n_tokens += (double)batch * T;
+            step++;
+            log_warn("step %ld: non-finite %s (loss %g, grad norm %g): update skipped (%d in a row, %ld in total)",
+                     step, isfinite(step_loss.total) ? "gradients" : "loss", step_loss.total, gnorm, nonfinite_run,
+                     nonfinite_total);
+            fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"skipped\":true,\"loss\":%.9g,\"grad_norm\":%.9g}\n",
+                    step, n_tokens, step_loss.total, gnorm);
+            fflush(metrics);
+            if (nonfinite_run >= tc->max_nonfinite_steps) {
+                log_warn("stopping: %d consecutive steps with non-finite loss or gradients "
+                         "(train.max_nonfinite_steps = %d)", nonfinite_run, tc->max_nonfinite_steps);
+                status = 3;
+                break;
+            }
+            continue;
+        }
+        nonfinite_run = 0;
+
+        AdamWHyper h = {lr, (float)tc->beta1, (float)tc->beta2, (float)tc->eps, (float)tc->weight_decay,
+                        (float)tc->grad_clip};
+        adamw_step(&opt, params, grads, &h, gnorm);
+        for (int i = 0; i < n_moe; i++)
+            max_vio[i] = moe_bias_update(model_expert_bias(m, i), model_expert_counts(m, i), E, gamma);
+
+        step++;
+        n_tokens += (double)batch * T;
+        double now = wall_s();
+        double tok_s = (double)batch * T / (now - t0);
+        double avg_tok_s = n_tokens / (now - t_start);
+        double remaining = tc->total_tokens > 0 ? tc->total_tokens - n_tokens : INFINITY;
+        if (tc->max_steps > 0) {
+            double by_steps = (double)(tc->max_steps - step) * batch * T;
+            if (by_steps < remaining) remaining = by_steps;
+        }
+        double mtp_sum = 0;
+        for (int k = 0; k < D; k++) mtp_sum += step_loss.mtp_loss[k];
+
+        fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"loss\":%.9g,\"lm_loss\":%.9g,\"mtp_loss\":[", step,
+                n_tokens, step_loss.total, step_loss.lm_loss);
+        for (int k = 0; k < D; k++) fprintf(metrics, "%s%.9g", k ? "," : "", step_loss.mtp_loss[k]);
+        fprintf(metrics, "],\"balance_loss\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,\"gamma\":%.9g,\"mtp_lambda\":%.9g,"
+                "\"batch\":%ld,\"tokens_per_s\":%.1f,\"max_vio\":[", step_loss.balance_loss, gnorm, lr, gamma,
+                mtp_lambda, batch, tok_s);
+        for (int i = 0; i < n_moe; i++) fprintf(metrics, "%s%.6g", i ? "," : "", max_vio[i]);
+        fprintf(metrics, "],\"expert_load\":[");
+        for (int i = 0; i < n_moe; i++) {
+            const int64_t *c = model_expert_counts(m, i);
+            fprintf(metrics, "%s[", i ? "," : "");
+            for (int e = 0; e < E; e++) fprintf(metrics, "%s%lld", e ? "," : "", (long long)c[e]);
+            fputc(']', metrics);
+        }
+        fprintf(metrics, "]}\n");
+        fflush(metrics);
+
+        if (cfg->log.every > 0 && (step % cfg->log.every == 0 || step == 1)) {
+            char tk[32], eta[32], ts[32];
+            fmt_count(tk, sizeof tk, n_tokens);
+            fmt_duration(eta, sizeof eta, remaining / avg_tok_s);
+            fmt_count(ts, sizeof ts, tok_s);
+            double mv = 0;
+            for (int i = 0; i < n_moe; i++) if (max_vio[i] > mv) mv = max_vio[i];
+            log_info("step %5ld | tokens %8s | loss %.4f (lm %.4f mtp %.4f bal %.5f) | gnorm %.3f | lr %.3e | "
+                     "maxvio %.3f | %s tok/s | ETA %s", step, tk, step_loss.total, step_loss.lm_loss, mtp_sum,
+                     step_loss.balance_loss, gnorm, lr, mv, ts, eta);
+        }
+
+        if (val && step % tc->eval_every == 0) {
+            MicroLosses ev = evaluate(m, val, cfg, tokens, mtp_lambda);
+            log_info("eval  %5ld | val loss %.4f (lm %.4f)", step, ev.total, ev.lm_loss);
+            fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"eval_loss\":%.9g,\"eval_lm_loss\":%.9g}\n", step,
+                    n_tokens, ev.total, ev.lm_loss);
+            fflush(metrics);
+        }
+    }
+
+    if (status == 0 && val && step % tc->eval_every != 0) {
+        MicroLosses ev = evaluate(m, val, cfg, tokens, (float)schedule_value(&tc->mtp_lambda, n_tokens));
+        log_info("eval  %5ld | val loss %.4f (lm %.4f)", step, ev.total, ev.lm_loss);
+        fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"eval_loss\":%.9g,\"eval_lm_loss\":%.9g}\n", step,
+                n_tokens, ev.total, ev.lm_loss);
+    }
+    if (status == 0)
+        log_info("done: %ld steps, %.0f tokens in %.1f s (%ld skipped)", step, n_tokens, wall_s() - t_start,
+                 nonfinite_total);
+    if (fclose(metrics) != 0) die("cannot write %s: %s", metrics_path, strerror(errno));
+    free(tokens);
+    free(max_vio);
+    adamw_free(&opt);
+    model_free(m);
+    loader_close(train);
+    if (val) loader_close(val);
+    return status;
+}
