@@ -27,7 +27,7 @@ typedef struct { const ParamInfo *p; int64_t j; double g; } Entry;
 // and by the error budget: the total loss (~3) is an FP32 forward whose rounding moves it by ~1e-7 relative per
 // evaluation, i.e. ~5e-7 absolute, so the difference quotient carries ~5e-7 / 6e-3 ~ 1e-4 absolute noise, 1e-3 to
 // 1e-2 of the sampled gradients (|g| 2e-2 .. 4e-1: the largest of 24 random candidates of each kind); the O(eps^2)
-// truncation term is ~1e-5 relative. Measured worst: 1.1e-3. A wrong factor or a missing path shifts a gradient by
+// truncation term is ~1e-5 relative. Measured worst: 1e-3 to 2e-3. A wrong factor or a missing path shifts a gradient by
 // far more than 1e-2 (the balance term alone moves the router gradients by more than 5e-2, asserted below).
 #define FD_EPS 3e-3
 #define FD_TOL 1e-2

@@ -54,14 +54,14 @@ static void assert_close(const float *a, const float *b, int64_t n, double tol, 
 // Two pipeline stages chained by hand (activations forward, their gradient backward) against one stage. With MTP,
 // the last stage holds a tied copy of the embedding for its MTP modules; the two copies' gradients sum to the
 // single stage's (in another order, hence a tolerance there; every other gradient is bit-identical).
-static void two_stages(int mtp_depth) {
+static void two_stages(int mtp_depth, int split) {
     Config c = tm_config();
     c.model.mtp_depth = mtp_depth;
-    c.model.n_layers = 4;   // layer 0 dense, 1..3 MoE; stage 0 = embedding + layers 0, 1; stage 1 = 2, 3 + head
+    c.model.n_layers = 4;   // layer 0 dense, 1..3 MoE; stage 0 = embedding + layers [0, split); stage 1 = the rest
     const Backend *be = cpu();
     Model *full = tm_model(&c, be, params_full_stage(&c.model), 5);
-    StageSpec s0 = {.layer_begin = 0, .layer_end = 2, .has_embed = 1, .ep_size = 1};
-    StageSpec s1 = {.layer_begin = 2, .layer_end = 4, .has_head = 1, .has_mtp = 1, .has_embed = mtp_depth > 0,
+    StageSpec s0 = {.layer_begin = 0, .layer_end = split, .has_embed = 1, .ep_size = 1};
+    StageSpec s1 = {.layer_begin = split, .layer_end = 4, .has_head = 1, .has_mtp = 1, .has_embed = mtp_depth > 0,
                     .ep_size = 1};
     Model *a = tm_model(&c, be, s0, 5), *b = tm_model(&c, be, s1, 5);
     // init is keyed by name: the stages start from the full model's values without copying
@@ -106,8 +106,31 @@ static void two_stages(int mtp_depth) {
     model_free(full); model_free(a); model_free(b);
 }
 
-TEST(model_two_stages_equal_one) { two_stages(0); }
-TEST(model_two_stages_equal_one_mtp_tied_embedding) { two_stages(1); }
+TEST(model_two_stages_equal_one) { two_stages(0, 2); }
+TEST(model_two_stages_equal_one_mtp_tied_embedding) { two_stages(1, 2); }
+// the last stage holds no main layer: only the head and the MTP module (a planner split when MTP blocks fill it)
+TEST(model_two_stages_last_only_head_and_mtp) { two_stages(1, 4); }
+
+// A model without MoE layers (the MTP block is then dense too) runs, and recompute stays bit-identical.
+TEST(model_dense_only) {
+    Config c = tm_config();
+    c.model.n_dense_layers = c.model.n_layers;
+    c.model.n_routed_experts = 0;
+    Config cr = c;
+    cr.train.recompute = 1;
+    Model *a = tm_model(&c, cpu(), params_full_stage(&c.model), 3);
+    Model *b = tm_model(&cr, cpu(), params_full_stage(&c.model), 3);
+    ASSERT_EQ_INT(model_n_moe_layers(a), 0);
+    int32_t *tok = tm_tokens(&c, c.train.micro_batch, c.train.seq_len, 1);
+    MicroLosses la, lb;
+    model_step(a, tok, 1.0f, 0.3f, 0.01f, &la);
+    model_step(b, tok, 1.0f, 0.3f, 0.01f, &lb);
+    ASSERT(memcmp(&la, &lb, sizeof la) == 0);
+    ASSERT(la.balance_loss == 0 && isfinite(la.total) && la.mtp_loss[0] > 0);
+    assert_same_grads(a, b);
+    free(tok);
+    model_free(a); model_free(b);
+}
 
 // The head in row chunks (forced to 5 rows: chunks 5, 5, 2) gives the same losses and logits as in one chunk, and
 // the same gradients up to the summation order of the head weight's gradient over chunks.
