@@ -91,7 +91,7 @@ static void gemm_rows(const Gemm *g, int64_t r0, int64_t r1, int accumulate) {
 
 static void gemm_run(const Gemm *g, int accumulate) {
     const double work = (double)g->R * g->Q * g->P;
-#pragma omp parallel if (work > 65536.0)
+#pragma omp parallel if (work > (double)CPU_PAR_MIN)
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
         // Row shares in multiples of MR so that only the last strip of the last share is partial.

@@ -69,7 +69,7 @@ void cpu_moe_route(Tensor topk_idx, Tensor gates, Tensor scores, Tensor logits, 
     const float *x = logits.data;
     float *s = scores.data, *gt = gates.data;
     int32_t *idx = topk_idx.data;
-#pragma omp parallel
+#pragma omp parallel if (N * E * (K + 2) > CPU_PAR_MIN)
     {
         // Per-thread scratch: biased scores (E), group scores (G), expert and group availability flags.
         float *biased = xmalloc((size_t)E * sizeof(float));
@@ -164,7 +164,7 @@ void cpu_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor dscores_extra,
     float *dl = dlogits.data;
     for (int64_t i = 0; i < N * K; i++)
         if (idx[i] < 0 || idx[i] >= E) die("%s: topk_idx[%lld] = %d is not an expert in [0, %d)", op, (long long)i, idx[i], E);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * E > CPU_PAR_MIN)
     for (int64_t t = 0; t < N; t++) {
         const float *st = s + t * E, *dgt = dg + t * K;
         const int32_t *it = idx + t * K;
