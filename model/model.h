@@ -74,7 +74,7 @@ void model_step(Model *m, const int32_t *tokens, float grad_scale, float mtp_lam
 // Forward only, the same losses. Routes normally (or replays under ROUTE_REPLAY) and does not count expert load.
 void model_eval(Model *m, const int32_t *tokens, float mtp_lambda, float balance_alpha, MicroLosses *out);
 // Forward only: the main head's logits, host [B, T, V]. tokens as in model_step ([B, T + 1 + D]; only the inputs
-// tokens[:, 0:T] are read). Needs a single-stage model (embedding and head).
+// tokens[:, 0:T] are read). Needs a stage that embeds its input and holds the head (a single-stage model).
 void model_forward_logits(Model *m, const int32_t *tokens, float *logits_host);
 
 // ---- pipeline stages ----
