@@ -151,7 +151,7 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
 
     // V3's group score is the sum of the top-2 biased scores in a group; V2's (softmax) is the group maximum.
     int per_group = mc->n_expert_groups > 0 ? E / mc->n_expert_groups : E;
-    int gtop = mc->score_func == SCORE_SIGMOID ? 2 : 1;
+    int gtop = mc->score_func == SCORE_SIGMOID ? mc->group_score_topk : 1;
     m->rp = (RouterParams){.n_experts = E, .top_k = K, .n_groups = mc->n_expert_groups,
                            .topk_groups = mc->n_limited_groups,
                            .group_score_topk = gtop < per_group ? gtop : per_group,
