@@ -89,16 +89,18 @@ static void gemm_rows(const Gemm *g, int64_t r0, int64_t r1, int accumulate) {
     }
 }
 
+// Rows go out in chunks (about 4 per thread, 16 to 64 rows each: smaller chunks repack B more often), handed to
+// whichever thread is free, so a thread that was descheduled on a busy machine does not hold a fixed half of the
+// work. Which thread computes a chunk does not change its arithmetic.
 static void gemm_run(const Gemm *g, int accumulate) {
+    int64_t rows_per_chunk = (g->R / (4 * omp_get_max_threads()) + MR - 1) / MR * MR;
+    rows_per_chunk = rows_per_chunk < 16 ? 16 : rows_per_chunk > 64 ? 64 : rows_per_chunk;
+    const int64_t chunks = (g->R + rows_per_chunk - 1) / rows_per_chunk;
     const double work = (double)g->R * g->Q * g->P;
-#pragma omp parallel if (work > (double)CPU_PAR_MIN)
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        // Row shares in multiples of MR so that only the last strip of the last share is partial.
-        int64_t strips = (g->R + MR - 1) / MR;
-        int64_t s0 = strips * t / nt, s1 = strips * (t + 1) / nt;
-        int64_t r0 = s0 * MR, r1 = s1 * MR < g->R ? s1 * MR : g->R;
-        if (r0 < r1) gemm_rows(g, r0, r1, accumulate);
+#pragma omp parallel for schedule(dynamic, 1) if (work > (double)CPU_PAR_MIN && chunks > 1)
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        int64_t r0 = ch * rows_per_chunk, r1 = r0 + rows_per_chunk < g->R ? r0 + rows_per_chunk : g->R;
+        gemm_rows(g, r0, r1, accumulate);
     }
 }
 
