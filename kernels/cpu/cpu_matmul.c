@@ -1,9 +1,9 @@
 // Dense and grouped (MoE) linear layers on the cpu, FP32. Weights are [out, in] (PyTorch layout), so
-//   forward:  out (M, N)  = inp (M, K) @ w (N, K)^T     each output is a dot product of two contiguous rows
-//   dinp:     dinp (M, K) = dout (M, N) @ w (N, K)      each output row is a sum of scaled rows of w
-//   dw:       dw (N, K)  += dout^T @ inp                each dw row is a sum of scaled rows of inp
+//   forward:  out (M, N)  = inp (M, K) @ w (N, K)^T
+//   dinp:     dinp (M, K) = dout (M, N) @ w (N, K)
+//   dw:       dw (N, K)  += dout^T @ inp
 // Threads split the rows of the output being written, so no two threads write the same element and the
-// summation order never depends on the thread count (bit-reproducible runs).
+// summation order never depends on the thread count (bit-reproducible runs). `make bench-cpu` prints GFLOP/s.
 #include "kernels/cpu/cpu_ops.h"
 #include "train/check.h"
 
@@ -54,7 +54,7 @@ static inline void tile_4x8(int64_t kc, const float *ap, const float *bp, int64_
     }
 }
 
-// C rows [r0, r1) of the product (one thread's share).
+// C rows [r0, r1) of the product (one chunk; the packing buffers live on the calling thread's stack, 68 KB).
 static void gemm_rows(const Gemm *g, int64_t r0, int64_t r1, int accumulate) {
     float bpack[KC * NC], apack[KC * MR];
     float acc[MR][NR];
