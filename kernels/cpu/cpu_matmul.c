@@ -1,9 +1,9 @@
 // Dense and grouped (MoE) linear layers on the cpu, FP32. Weights are [out, in] (PyTorch layout), so
-//   forward:  out (M, N)  = inp (M, K) @ w (N, K)^T     each output is a dot product of two contiguous rows
-//   dinp:     dinp (M, K) = dout (M, N) @ w (N, K)      each output row is a sum of scaled rows of w
-//   dw:       dw (N, K)  += dout^T @ inp                each dw row is a sum of scaled rows of inp
+//   forward:  out (M, N)  = inp (M, K) @ w (N, K)^T
+//   dinp:     dinp (M, K) = dout (M, N) @ w (N, K)
+//   dw:       dw (N, K)  += dout^T @ inp
 // Threads split the rows of the output being written, so no two threads write the same element and the
-// summation order never depends on the thread count (bit-reproducible runs).
+// summation order never depends on the thread count (bit-reproducible runs). `make bench-cpu` prints GFLOP/s.
 #include "kernels/cpu/cpu_ops.h"
 #include "train/check.h"
 
@@ -54,7 +54,7 @@ static inline void tile_4x8(int64_t kc, const float *ap, const float *bp, int64_
     }
 }
 
-// C rows [r0, r1) of the product (one thread's share).
+// C rows [r0, r1) of the product (one chunk; the packing buffers live on the calling thread's stack, 68 KB).
 static void gemm_rows(const Gemm *g, int64_t r0, int64_t r1, int accumulate) {
     float bpack[KC * NC], apack[KC * MR];
     float acc[MR][NR];
@@ -89,16 +89,18 @@ static void gemm_rows(const Gemm *g, int64_t r0, int64_t r1, int accumulate) {
     }
 }
 
+// Rows go out in chunks (about 4 per thread, 16 to 64 rows each: smaller chunks repack B more often), handed to
+// whichever thread is free, so a thread that was descheduled on a busy machine does not hold a fixed half of the
+// work. Which thread computes a chunk does not change its arithmetic.
 static void gemm_run(const Gemm *g, int accumulate) {
+    int64_t rows_per_chunk = (g->R / (4 * omp_get_max_threads()) + MR - 1) / MR * MR;
+    rows_per_chunk = rows_per_chunk < 16 ? 16 : rows_per_chunk > 64 ? 64 : rows_per_chunk;
+    const int64_t chunks = (g->R + rows_per_chunk - 1) / rows_per_chunk;
     const double work = (double)g->R * g->Q * g->P;
-#pragma omp parallel if (work > (double)CPU_PAR_MIN)
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        // Row shares in multiples of MR so that only the last strip of the last share is partial.
-        int64_t strips = (g->R + MR - 1) / MR;
-        int64_t s0 = strips * t / nt, s1 = strips * (t + 1) / nt;
-        int64_t r0 = s0 * MR, r1 = s1 * MR < g->R ? s1 * MR : g->R;
-        if (r0 < r1) gemm_rows(g, r0, r1, accumulate);
+#pragma omp parallel for schedule(dynamic, 1) if (work > (double)CPU_PAR_MIN && chunks > 1)
+    for (int64_t ch = 0; ch < chunks; ch++) {
+        int64_t r0 = ch * rows_per_chunk, r1 = r0 + rows_per_chunk < g->R ? r0 + rows_per_chunk : g->R;
+        gemm_rows(g, r0, r1, accumulate);
     }
 }
 
