@@ -42,7 +42,7 @@ char *xstrdup(const char *s);
 #define MPI_CHECK(call) do { int rc_ = (call); if (rc_ != 0 /* MPI_SUCCESS */) { \
     die_at(__FILE__, __LINE__, "%s failed with MPI error %d", #call, rc_); } } while (0)
 // HDF5 calls return negative on failure (hid_t or herr_t).
-#define H5_CHECK(call) ({ __typeof__(call) rc_ = (call); if (rc_ < 0) \
-    die_at(__FILE__, __LINE__, "%s failed (HDF5)", #call); rc_; })
+#define H5_CHECK(call) ({ __typeof__(call) rc_ = (call); if (rc_ < 0) { \
+    die_at(__FILE__, __LINE__, "%s failed (HDF5)", #call); } rc_; })
 
 #endif
