@@ -550,6 +550,7 @@ void bpe_encode_word(TokenizerCtx *c, const char *w, size_t n, TokenBuf *out) {
             return;
         }
     }
+    CHECK(n < INT32_MAX, "bpe: a pre-token of %zu bytes is too long", n);
     size_t first = out->n;
     int64_t whole = t->ignore_merges ? bpe_vocab_find(t, w, n) : -1;
     if (whole >= 0) {

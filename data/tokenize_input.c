@@ -164,6 +164,7 @@ static int next_jsonl_doc(InputSet *in, InputDoc *doc) {
         char *s = in->line_buf;
         size_t n = in->line_len;
         if (in->line == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) { s += 3; n -= 3; }   // UTF-8 BOM
+        while (n && (s[n - 1] == '\n' || s[n - 1] == '\r')) n--;   // so errors at the end of a record say line 1
         if (is_blank(s, n)) continue;
         char err[300];
         Json *j = json_parse(s, n, err, sizeof err);

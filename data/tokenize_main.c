@@ -44,6 +44,7 @@ static const char *USAGE =
     "                        (default: encode them as ordinary text, so a document cannot forge an EOS)\n"
     "  --eos-token TEXT      EOS token of a tokenizer.json when it cannot be found (tokenizer_config.json)\n"
     "  --max-doc-mb M        largest accepted document in MiB (default 1024)\n"
+    "  --batch-docs N        most documents tokenized per batch (default 65536; output does not depend on it)\n"
     "  --force               replace existing shards of the same prefixes in DIR\n"
     "  --dry-run             tokenize and report throughput, write nothing (--out-dir/--prefix not needed)\n";
 
@@ -157,7 +158,7 @@ static long parse_long(const char *opt, const char *v, long lo, long hi) {
 
 typedef struct {
     const char *tokenizer, *out_dir, *prefix, *val_prefix, *eos_token;
-    long shard_tokens, val_docs, threads, blank_lines, max_doc_mb;
+    long shard_tokens, val_docs, threads, blank_lines, max_doc_mb, batch_docs;
     double val_fraction;
     int format, parse_special, force, dry_run;
     const char **inputs;
@@ -165,7 +166,8 @@ typedef struct {
 } Options;
 
 static void parse_args(int argc, char **argv, Options *o) {
-    *o = (Options){.shard_tokens = 100000000, .threads = omp_get_num_procs(), .format = -1, .max_doc_mb = 1024};
+    *o = (Options){.shard_tokens = 100000000, .threads = omp_get_num_procs(), .format = -1, .max_doc_mb = 1024,
+                 .batch_docs = 65536};
     o->inputs = xcalloc((size_t)argc, sizeof *o->inputs);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -186,6 +188,7 @@ static void parse_args(int argc, char **argv, Options *o) {
         else if (!strcmp(a, "--threads")) o->threads = parse_long(a, v, 1, 4096);
         else if (!strcmp(a, "--blank-lines")) o->blank_lines = parse_long(a, v, 0, 1000000);
         else if (!strcmp(a, "--max-doc-mb")) o->max_doc_mb = parse_long(a, v, 1, 1L << 22);
+        else if (!strcmp(a, "--batch-docs")) o->batch_docs = parse_long(a, v, 1, 1L << 24);
         else if (!strcmp(a, "--val-fraction")) {
             char *end;
             o->val_fraction = strtod(v, &end);
@@ -255,7 +258,7 @@ int main(int argc, char **argv) {
 
     for (;;) {
         size_t n = 0, bytes = 0;
-        while (bytes < batch_bytes && n < (1u << 16)) {
+        while (bytes < batch_bytes && n < (size_t)o.batch_docs) {
             if (n == batch_cap) {
                 batch_cap *= 2;
                 batch = xrealloc(batch, batch_cap * sizeof *batch);

@@ -96,8 +96,8 @@ TEST(tokenizer_matches_hf_tokenizers) {
 
 // build/tokenize next to this test binary (build/ or build-debug/).
 static const char *tool(void) {
-    static char path[4096];
-    char exe[4096];
+    static char path[4200];
+    char exe[4000];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     ASSERT(n > 0);
     exe[n] = 0;
@@ -447,4 +447,208 @@ TEST(tokenize_tool_text_blank_line_rule) {
     ASSERT_EQ_INT(sh.offsets[1], strlen(a));
     ASSERT_EQ_INT(sh.n_tokens, strlen(a) + 11);
     h5shard_free(&sh);
+}
+
+// Reads every shard PREFIX-NNNNN.h5 of a directory in order into one token stream and one list of doc lengths.
+typedef struct { uint32_t *tokens; uint64_t *doc_len; size_t n_tokens, n_docs; int n_shards; } Stream;
+static void stream_read(Stream *st, const char *dir, const char *prefix) {
+    memset(st, 0, sizeof *st);
+    for (int s = 0;; s++) {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/%s-%05d.h5", dir, prefix, s);
+        if (access(p, F_OK) != 0) break;
+        H5Shard sh;
+        h5shard_read(&sh, p);
+        st->tokens = realloc(st->tokens, (st->n_tokens + sh.n_tokens + 1) * sizeof *st->tokens);
+        memcpy(st->tokens + st->n_tokens, sh.tokens, sh.n_tokens * sizeof *sh.tokens);
+        st->n_tokens += sh.n_tokens;
+        st->doc_len = realloc(st->doc_len, (st->n_docs + sh.n_docs + 1) * sizeof *st->doc_len);
+        for (hsize_t k = 0; k < sh.n_docs; k++) st->doc_len[st->n_docs++] = sh.offsets[k + 1] - sh.offsets[k];
+        st->n_shards++;
+        h5shard_free(&sh);
+    }
+}
+
+// The same BPE run with 1 thread (one batch) and 2 threads (batches of 7 documents) gives identical shards, and
+// the documents are exactly what the library encodes, in input order, split between train and val.
+TEST(tokenize_tool_deterministic_across_threads) {
+    size_t n;
+    char *text = read_all(test_path("tests/fixtures/tokenizer/test_text.txt"), &n);
+    FILE *f = fopen(tmp_path("docs.jsonl"), "w");
+    enum { N_DOCS = 120 };
+    size_t starts[N_DOCS], lens[N_DOCS];
+    for (int d = 0; d < N_DOCS; d++) {
+        // Slices of the test text at code-point boundaries (all its multi-byte characters start with >= 0xC0).
+        size_t a = (size_t)(d * 37) % (n - 64), b = a + 16 + (size_t)(d * 53) % (n - a - 16);
+        while (((uint8_t)text[a] & 0xC0) == 0x80) a++;
+        while (b < n && ((uint8_t)text[b] & 0xC0) == 0x80) b++;
+        starts[d] = a;
+        lens[d] = b - a;
+        fputs("{\"text\": \"", f);
+        for (size_t i = a; i < b; i++) {
+            uint8_t c = (uint8_t)text[i];
+            if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+            else if (c < 0x20) fprintf(f, "\\u%04x", c);
+            else fputc(c, f);
+        }
+        fputs("\"}\n", f);
+    }
+    fclose(f);
+    const char *json = test_path("tests/fixtures/tokenizer/v3.json");
+    char *out;
+    int rc = run_tool(&out, "--tokenizer %s --out-dir %s --prefix t --val-fraction 0.25 --shard-tokens 700 "
+                      "--threads 1 %s", json, tmp_path("one"), tmp_path("docs.jsonl"));
+    ASSERT_MSG(rc == 0, "%s", out);
+    free(out);
+    rc = run_tool(&out, "--tokenizer %s --out-dir %s --prefix t --val-fraction 0.25 --shard-tokens 700 "
+                  "--threads 2 --batch-docs 7 %s", json, tmp_path("two"), tmp_path("docs.jsonl"));
+    ASSERT_MSG(rc == 0, "%s", out);
+    free(out);
+
+    Tokenizer *tok = tokenizer_load(json);
+    TokenizerCtx *ctx = tokenizer_ctx_new(tok);
+    Stream s1[2], s2[2];
+    stream_read(&s1[0], tmp_path("one"), "t");
+    stream_read(&s1[1], tmp_path("one"), "t-val");
+    stream_read(&s2[0], tmp_path("two"), "t");
+    stream_read(&s2[1], tmp_path("two"), "t-val");
+    for (int k = 0; k < 2; k++) {
+        ASSERT_EQ_INT(s1[k].n_shards, s2[k].n_shards);
+        ASSERT_EQ_INT(s1[k].n_docs, s2[k].n_docs);
+        ASSERT_EQ_INT(s1[k].n_tokens, s2[k].n_tokens);
+        ASSERT(memcmp(s1[k].tokens, s2[k].tokens, s1[k].n_tokens * sizeof(uint32_t)) == 0);
+        ASSERT(memcmp(s1[k].doc_len, s2[k].doc_len, s1[k].n_docs * sizeof(uint64_t)) == 0);
+    }
+    ASSERT(s1[0].n_shards >= 2);
+    ASSERT(s1[1].n_docs >= 10 && s1[1].n_docs <= 50);   // about a quarter of 120
+    ASSERT_EQ_INT(s1[0].n_docs + s1[1].n_docs, N_DOCS);
+    // Every document, in order, is in train or val with the library's ids; the split follows the input order.
+    size_t pos[2] = {0, 0}, doc[2] = {0, 0};
+    for (int d = 0; d < N_DOCS; d++) {
+        TokenBuf ids = {0};
+        tokenizer_encode(ctx, text + starts[d], lens[d], 0, &ids);
+        int k = doc[0] < s1[0].n_docs && s1[0].doc_len[doc[0]] == ids.n &&
+                memcmp(s1[0].tokens + pos[0], ids.ids, ids.n * sizeof(uint32_t)) == 0 ? 0 : 1;
+        ASSERT_MSG(doc[k] < s1[k].n_docs && s1[k].doc_len[doc[k]] == ids.n &&
+                   memcmp(s1[k].tokens + pos[k], ids.ids, ids.n * sizeof(uint32_t)) == 0,
+                   "document %d is not next in train or val", d);
+        pos[k] += ids.n;
+        doc[k]++;
+        tokenbuf_free(&ids);
+    }
+    tokenizer_ctx_free(ctx);
+    tokenizer_free(tok);
+    free(text);
+}
+
+TEST(tokenize_tool_val_docs_and_prefixes) {
+    const char *jsonl = "{\"text\": \"d0\"}\n{\"text\": \"d1\"}\n{\"text\": \"d2\"}\n{\"text\": \"d3\"}\n{\"text\": \"d4\"}\n";
+    write_file(tmp_path("in.jsonl"), jsonl, strlen(jsonl));
+    char *out;
+    int rc = run_tool(&out, "--tokenizer byte --out-dir %s --prefix tr --val-prefix va --val-docs 2 %s",
+                      tmp_path("out"), tmp_path("in.jsonl"));
+    ASSERT_MSG(rc == 0, "%s", out);
+    free(out);
+    Stream tr, va;
+    stream_read(&tr, tmp_path("out"), "tr");
+    stream_read(&va, tmp_path("out"), "va");
+    ASSERT_EQ_INT(va.n_docs, 2);
+    ASSERT_EQ_INT(tr.n_docs, 3);
+    ASSERT_EQ_INT(va.tokens[1], '0');
+    ASSERT_EQ_INT(va.tokens[3], '1');
+    ASSERT_EQ_INT(tr.tokens[1], '2');
+    ASSERT_EQ_INT(dir_entries(tmp_path("out")), 2);
+    // A second run refuses to mix with the existing shards; --force replaces them (the stale shard goes too).
+    write_file(tmp_path("out/tr-00007.h5"), "stale", 5);
+    rc = run_tool(&out, "--tokenizer byte --out-dir %s --prefix tr --val-prefix va --val-docs 2 %s",
+                  tmp_path("out"), tmp_path("in.jsonl"));
+    ASSERT_EQ_INT(rc, 1);
+    ASSERT_CONTAINS(out, "already has shards of prefix \"tr\"");
+    free(out);
+    rc = run_tool(&out, "--tokenizer byte --out-dir %s --prefix tr --val-prefix va --val-docs 4 --force %s",
+                  tmp_path("out"), tmp_path("in.jsonl"));
+    ASSERT_MSG(rc == 0, "%s", out);
+    free(out);
+    ASSERT(access(tmp_path("out/tr-00007.h5"), F_OK) != 0);
+    stream_read(&tr, tmp_path("out"), "tr");
+    ASSERT_EQ_INT(tr.n_docs, 1);
+    rc = run_tool(&out, "--tokenizer byte --out-dir %s --prefix x --val-docs 5 %s", tmp_path("out2"), tmp_path("in.jsonl"));
+    ASSERT_EQ_INT(rc, 1);
+    ASSERT_CONTAINS(out, "no training documents left");
+    ASSERT_EQ_INT(dir_entries(tmp_path("out2")), 0);
+    free(out);
+}
+
+// Each bad input: exit status 1, a message naming the file (and line), nothing left in the output directory, even
+// when earlier shards had already been completed (--shard-tokens 1 closes a shard after every document).
+static void expect_bad_input(const char *name, const char *content, size_t len, const char *opts, const char *message) {
+    char *path = tmp_path(name);
+    write_file(path, content, len);
+    char *out;
+    int rc = run_tool(&out, "--out-dir %s --prefix p --shard-tokens 1 %s %s", tmp_path("out"), opts, path);
+    ASSERT_MSG(rc == 1, "%s: exit %d, expected 1:\n%s", name, rc, out);
+    ASSERT_CONTAINS(out, path);
+    ASSERT_CONTAINS(out, message);
+    ASSERT_MSG(dir_entries(tmp_path("out")) == 0, "%s: files left in the output directory", name);
+    free(out);
+}
+
+TEST(tokenize_tool_bad_inputs) {
+#define BAD(name, text, opts, msg) expect_bad_input(name, text, sizeof(text) - 1, opts, msg)
+    const char *byte = "--tokenizer byte";
+    BAD("syntax.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"abc\"\n", byte,
+        "syntax.jsonl:3: invalid JSON: column 15: expected ',' or '}' in object");
+    BAD("notext.jsonl", "{\"text\": \"a\"}\n{\"txt\": \"b\"}\n", byte, "notext.jsonl:2: the object has no \"text\" field");
+    BAD("number.jsonl", "{\"text\": \"a\"}\n{\"text\": 5}\n", byte, "number.jsonl:2: \"text\" is number, expected a string");
+    BAD("array.jsonl", "{\"text\": \"a\"}\n[\"text\"]\n", byte, "array.jsonl:2: expected a JSON object");
+    BAD("surrogate.jsonl", "{\"text\": \"a\"}\n{\"text\": \"x\\ud800y\"}\n", byte,
+        "surrogate.jsonl:2: invalid JSON: column 12: high surrogate");
+    BAD("rawutf8.jsonl", "{\"text\": \"a\"}\n{\"text\": \"x\xff\"}\n", byte, "rawutf8.jsonl:2: invalid JSON: column 12: invalid UTF-8");
+    BAD("trailing.jsonl", "{\"text\": \"a\"} x\n", byte, "trailing.jsonl:1: invalid JSON: column 15: unexpected data");
+    BAD("empty.jsonl", "", byte, "empty.jsonl: no documents (empty input)");
+    BAD("blank.jsonl", "\n  \n{\"text\": \"\"}\n", byte, "blank.jsonl: no documents (empty input)");
+    BAD("blank.txt", "\n \t\n\n", "--tokenizer byte --format text", "blank.txt: no documents (empty input)");
+    char bpe[4200];
+    snprintf(bpe, sizeof bpe, "--tokenizer %s --blank-lines 1", test_path("tests/fixtures/tokenizer/v3.json"));
+    BAD("latin1.txt", "first doc\n\nsecond line ok\ncaf\xe9 third line\n", bpe, "latin1.txt:4: invalid UTF-8");
+#undef BAD
+    // A missing input among good ones fails before anything is created.
+    write_file(tmp_path("good.jsonl"), "{\"text\": \"a\"}\n", 14);
+    char *out;
+    int rc = run_tool(&out, "--tokenizer byte --out-dir %s --prefix p %s %s", tmp_path("new"), tmp_path("good.jsonl"),
+                      tmp_path("missing.jsonl"));
+    ASSERT_EQ_INT(rc, 1);
+    ASSERT_CONTAINS(out, "missing.jsonl: cannot open input: No such file or directory");
+    ASSERT(access(tmp_path("new"), F_OK) != 0);
+    free(out);
+    rc = run_tool(&out, "--tokenizer byte --val-fraction 1.5 --out-dir %s --prefix p %s", tmp_path("new"), tmp_path("good.jsonl"));
+    ASSERT_EQ_INT(rc, 1);
+    ASSERT_CONTAINS(out, "--val-fraction: expected a number in [0, 1)");
+    free(out);
+    rc = run_tool(&out, "--tokenizer byte --out-dir %s %s", tmp_path("new"), tmp_path("good.jsonl"));
+    ASSERT_EQ_INT(rc, 1);
+    ASSERT_CONTAINS(out, "--out-dir and --prefix are required");
+    free(out);
+}
+
+// The committed corpus, read through the shard API (data/shard.h): the numbers recorded in data/corpus/SOURCE.md.
+TEST(tokenizer_corpus_shards) {
+    Shard s;
+    shard_open(&s, test_path("data/corpus/train-00000.h5"));
+    ASSERT_EQ_INT(s.n_docs, 3163);
+    ASSERT_EQ_INT(s.n_tokens, 1805774);
+    ASSERT_EQ_INT(s.vocab_size, 259);
+    ASSERT_EQ_INT(s.eos_id, 256);
+    ASSERT_EQ_STR(s.tokenizer, "byte");
+    uint32_t head[64];
+    shard_read_tokens(&s, s.doc_offsets[1], 15, head);   // document 1 is the "(version 4.4.7)" front matter
+    char txt[16];
+    for (int i = 0; i < 15; i++) txt[i] = (char)head[i];
+    txt[15] = 0;
+    ASSERT_EQ_STR(txt, "(version 4.4.7)");
+    shard_close(&s);
+    shard_open(&s, test_path("data/corpus/val-00000.h5"));
+    ASSERT_EQ_INT(s.n_docs, 182);
+    ASSERT_EQ_INT(s.n_tokens, 112403);
+    shard_close(&s);
 }

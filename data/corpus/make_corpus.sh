@@ -38,7 +38,7 @@ check devil.txt 703d1225d2fb927653bfd8b00e4e96938e0b630c6023edd26702ac6ed50383f8
 # one-line, unpunctuated paragraphs are tables of contents and letter indexes: dropped. Paragraphs are joined by one
 # blank line, documents separated by three, which `build/tokenize --blank-lines 3` splits on.
 split_docs() {   # $1: jargon | devil
-    awk -v mode="$1" '
+    LC_ALL=C awk -v mode="$1" '
     function emit(s) { if (out_started) printf "\n\n\n\n"; printf "%s", s; out_started = 1 }
     function add_par(p, starts_doc) {
         if (starts_doc && doc != "") { emit(doc); doc = "" }
@@ -72,6 +72,7 @@ split_docs() {   # $1: jargon | devil
     ' "$1.txt"
 }
 { split_docs jargon; printf "\n\n\n"; split_docs devil; } > corpus.txt
+check corpus.txt 28470ea9a42a6649783e422cf251f7b00e5fae0cfe61551276ea9651ec169aeb
 if [ -n "${KEEP_TEXT:-}" ]; then mkdir -p "$KEEP_TEXT"; cp jargon.txt devil.txt corpus.txt "$KEEP_TEXT"/; fi
 
 mkdir -p "$OUT"
