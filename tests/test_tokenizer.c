@@ -109,7 +109,7 @@ static const char *tool(void) {
 // Runs build/tokenize with args; returns the exit status, output in *out (caller frees).
 static int run_tool(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int run_tool(char **out, const char *fmt, ...) {
-    char args[8192], cmd[12288];
+    char args[8192], cmd[16384];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
@@ -155,15 +155,22 @@ static void h5shard_read(H5Shard *s, const char *path) {
     a = H5Aopen(f, "format_version", H5P_DEFAULT);
     H5Aread(a, H5T_NATIVE_INT, &s->version); H5Aclose(a);
     a = H5Aopen(f, "tokenizer", H5P_DEFAULT);
+    // Fixed-length (our writer) or variable-length (h5py's default) string: read either.
     hid_t ft = H5Aget_type(a), t = H5Tcopy(H5T_C_S1);
-    ASSERT(H5Tis_variable_str(ft) > 0);
-    H5Tset_size(t, H5T_VARIABLE);
     H5Tset_cset(t, H5Tget_cset(ft));
+    if (H5Tis_variable_str(ft) > 0) {
+        char *name = NULL;
+        H5Tset_size(t, H5T_VARIABLE);
+        ASSERT(H5Aread(a, t, &name) >= 0);
+        snprintf(s->tokenizer, sizeof s->tokenizer, "%s", name);
+        H5free_memory(name);
+    } else {
+        H5Tset_size(t, sizeof s->tokenizer);
+        H5Tset_strpad(t, H5T_STR_NULLTERM);
+        ASSERT(H5Aread(a, t, s->tokenizer) >= 0);
+        s->tokenizer[sizeof s->tokenizer - 1] = 0;
+    }
     H5Tclose(ft);
-    char *name = NULL;
-    ASSERT(H5Aread(a, t, &name) >= 0);
-    snprintf(s->tokenizer, sizeof s->tokenizer, "%s", name);
-    free(name);
     H5Tclose(t); H5Aclose(a);
     H5Fclose(f);
 }
