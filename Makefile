@@ -52,7 +52,7 @@ ifneq ($(CU_SRC),)
 endif
 endif
 
-.PHONY: all deps test run test-gpu bench clean
+.PHONY: all deps test run test-gpu bench bench-cpu clean
 all: $(BUILD)/train $(BUILD)/tokenize
 
 $(BUILD)/obj/%.o: %.c $(wildcard */*.h */*/*.h)
@@ -74,6 +74,13 @@ $(BUILD)/bench_loader: $(BUILD)/obj/data/bench_loader_main.o $(LIB_OBJ) $(CU_OBJ
 
 $(BUILD)/tests: $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) | $(BUILD)/train $(BUILD)/tokenize
 	$(CC) $(LDFLAGS) $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) -o $@ $(LDLIBS)
+
+# cpu backend matmul benchmark: prints GFLOP/s per shape (OMP_NUM_THREADS defaults to 2).
+bench-cpu: $(BUILD)/bench_cpu_matmul
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/bench_cpu_matmul
+
+$(BUILD)/bench_cpu_matmul: $(BUILD)/obj/kernels/cpu/bench/bench_cpu_matmul.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Installs what is missing; a no-op when everything is there.
 deps:

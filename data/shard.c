@@ -268,18 +268,29 @@ static void read_attr(Shard *s, const char *name, hid_t mem_type, void *out) {
     H5_CHECK(H5Aclose(a));
 }
 
+// The tokenizer name may be stored as a fixed-length string (our writer) or a variable-length one (h5py's default
+// for `f.attrs["tokenizer"] = "byte"`), in ASCII or UTF-8: read whichever the file has.
 static void read_tokenizer_attr(Shard *s) {
-    hid_t str = H5_CHECK(H5Tcopy(H5T_C_S1));
-    H5_CHECK(H5Tset_size(str, sizeof s->tokenizer));
-    H5_CHECK(H5Tset_strpad(str, H5T_STR_NULLTERM));
     htri_t ok = SH_CHECK(s->path, H5Aexists(s->file, "tokenizer"), "cannot look up attribute tokenizer");
     if (!ok) shard_die(s->path, "attribute tokenizer is missing; expected a token shard (see data/FORMAT.md)");
     hid_t a = SH_CHECK(s->path, H5Aopen(s->file, "tokenizer", H5P_DEFAULT), "cannot open attribute tokenizer");
     hid_t t = H5_CHECK(H5Aget_type(a));
     if (H5Tget_class(t) != H5T_STRING) shard_die(s->path, "attribute tokenizer must be a string");
-    H5_CHECK(H5Tclose(t));
-    SH_CHECK(s->path, H5Aread(a, str, s->tokenizer), "cannot read attribute tokenizer as a string");
+    hid_t str = H5_CHECK(H5Tcopy(H5T_C_S1));
+    H5_CHECK(H5Tset_cset(str, H5Tget_cset(t)));
+    if (H5_CHECK(H5Tis_variable_str(t))) {
+        char *v = NULL;
+        H5_CHECK(H5Tset_size(str, H5T_VARIABLE));
+        SH_CHECK(s->path, H5Aread(a, str, &v), "cannot read attribute tokenizer as a string");
+        snprintf(s->tokenizer, sizeof s->tokenizer, "%s", v ? v : "");
+        H5_CHECK(H5free_memory(v));
+    } else {
+        H5_CHECK(H5Tset_size(str, sizeof s->tokenizer));
+        H5_CHECK(H5Tset_strpad(str, H5T_STR_NULLTERM));
+        SH_CHECK(s->path, H5Aread(a, str, s->tokenizer), "cannot read attribute tokenizer as a string");
+    }
     s->tokenizer[sizeof s->tokenizer - 1] = 0;
+    H5_CHECK(H5Tclose(t));
     H5_CHECK(H5Aclose(a));
     H5_CHECK(H5Tclose(str));
 }

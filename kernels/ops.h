@@ -10,6 +10,11 @@
 //   consumers (the residual stream, h2 feeding the shared experts and the routed experts and the router).
 // - Index tensors (token ids, expert ids, permutations, offsets) are DT_I32.
 // - Nothing here allocates: every output is preallocated by the caller from the backend arena.
+// - Row-wise ops (matmul's inp/out/dout, norms, elementwise, embedding out, cross-entropy logits) accept any leading
+//   shape: (B, T, d) is read as (B*T, d). Weights and index tensors take exactly the documented rank.
+// - Optional arguments are passed as a tensor with data == NULL: dinp/dw of matmul, grouped matmul and rmsnorm
+//   backward (that gradient is skipped), dlogits of cross-entropy (losses only), the bias of moe_route (no bias),
+//   dscores_extra, the balance loss's dscores, and counts_host of moe_dispatch_plan (a NULL pointer).
 #ifndef OPS_H
 #define OPS_H
 

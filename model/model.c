@@ -92,7 +92,8 @@ static void model_check_config(const ModelConfig *mc, const StageSpec *s, int B,
     CHECK(mc->norm_eps > 0, "model.norm_eps must be positive");
     CHECK(!(s->has_mtp && mc->mtp_depth > 0) || s->has_embed,
           "model: this stage holds the MTP modules but not the embedding they share (layers [%d, %d)); the MTP "
-          "modules embed shifted tokens, so they need the embedding on the same stage", s->layer_begin,
+          "modules embed shifted tokens, so they need the embedding on the same stage (a later stage may hold a "
+          "tied copy: has_embed with layer_begin > 0, its gradient summed with the first stage's)", s->layer_begin,
           s->layer_end);
     CHECK(s->ep_size <= 1, "model: expert parallelism (ep_size %d) is done by parallel/, not by a model stage",
           s->ep_size);
@@ -150,7 +151,7 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
 
     // V3's group score is the sum of the top-2 biased scores in a group; V2's (softmax) is the group maximum.
     int per_group = mc->n_expert_groups > 0 ? E / mc->n_expert_groups : E;
-    int gtop = mc->score_func == SCORE_SIGMOID ? 2 : 1;
+    int gtop = mc->score_func == SCORE_SIGMOID ? mc->group_score_topk : 1;
     m->rp = (RouterParams){.n_experts = E, .top_k = K, .n_groups = mc->n_expert_groups,
                            .topk_groups = mc->n_limited_groups,
                            .group_score_topk = gtop < per_group ? gtop : per_group,
@@ -263,7 +264,7 @@ void model_init(Model *m, uint64_t seed) {
             for (const char *c = p->name; *c; c++) key = (key ^ (unsigned char)*c) * 1099511628211ull;
             key = splitmix64(seed ^ splitmix64(key));
             // Element j is one half of the Box-Muller pair j/2, from counters 2*(j/2) and 2*(j/2)+1.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (p->numel >= (1 << 16))
             for (int64_t j = 0; j < p->numel; j++) {
                 uint64_t pair = (uint64_t)(j / 2);
                 double u1 = unit_uniform(splitmix64(key + 2 * pair));
@@ -278,6 +279,10 @@ void model_init(Model *m, uint64_t seed) {
 }
 
 // ---- the stage step ----
+
+// The first stage embeds the input tokens. A later stage may hold the embedding too, as a tied copy for its MTP
+// modules only (pipeline parallelism with MTP on the last stage); its input is then the previous stage's output.
+static int model_embeds_input(const Model *m) { return m->stage.has_embed && m->stage.layer_begin == 0; }
 
 // Rows j = 0..D+1 of ids: tokens[:, j:T+j] flattened to N, checked against the vocabulary.
 static void upload_tokens(Model *m, const int32_t *tokens) {
@@ -305,7 +310,7 @@ static double forward_layers(Model *m, const int32_t *tokens, float grad_scale, 
     m->balance_alpha = balance_alpha;
     if (m->n_moe > 0)
         be->upload(m->bias.data, m->bias_host, (size_t)m->n_moe * m->mc.n_routed_experts * sizeof(float));
-    if (m->stage.has_embed) be->embedding_forward(m->res[0], model_ids(m, 0), m->embed.w);
+    if (model_embeds_input(m)) be->embedding_forward(m->res[0], model_ids(m, 0), m->embed.w);
     double balance = 0;
     for (int l = 0; l < m->n_main; l++) balance += block_forward(m, &m->layers[l], train);
     return balance;
@@ -348,7 +353,7 @@ void model_stage_backward(Model *m) {
         mtp_backward(m, i, h_prev, dprev);
     }
     for (int l = m->n_main - 1; l >= 0; l--) block_backward(m, &m->layers[l], m->dx);
-    if (m->stage.has_embed) m->be->embedding_backward(m->embed.g, m->dx, model_ids(m, 0));
+    if (model_embeds_input(m)) m->be->embedding_backward(m->embed.g, m->dx, model_ids(m, 0));
 }
 
 void model_step(Model *m, const int32_t *tokens, float grad_scale, float mtp_lambda, float balance_alpha,
@@ -362,7 +367,7 @@ void model_eval(Model *m, const int32_t *tokens, float mtp_lambda, float balance
 }
 
 void model_forward_logits(Model *m, const int32_t *tokens, float *logits_host) {
-    CHECK(m->stage.has_embed && m->stage.has_head, "model_forward_logits needs a stage with the embedding and the "
+    CHECK(model_embeds_input(m) && m->stage.has_head, "model_forward_logits needs a stage with the embedding and the "
           "head (a single-stage model)");
     forward_layers(m, tokens, 0.0f, 0.0f, 0);
     head_logits(m, m->res[m->n_main], logits_host);

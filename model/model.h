@@ -74,15 +74,18 @@ void model_step(Model *m, const int32_t *tokens, float grad_scale, float mtp_lam
 // Forward only, the same losses. Routes normally (or replays under ROUTE_REPLAY) and does not count expert load.
 void model_eval(Model *m, const int32_t *tokens, float mtp_lambda, float balance_alpha, MicroLosses *out);
 // Forward only: the main head's logits, host [B, T, V]. tokens as in model_step ([B, T + 1 + D]; only the inputs
-// tokens[:, 0:T] are read). Needs a single-stage model (embedding and head).
+// tokens[:, 0:T] are read). Needs a stage that embeds its input and holds the head (a single-stage model).
 void model_forward_logits(Model *m, const int32_t *tokens, float *logits_host);
 
 // ---- pipeline stages ----
-// A stage without the embedding reads its input hidden state (N, d) from model_stage_input(), which the pipeline
-// fills before model_stage_forward. A stage without the head leaves its output hidden state (N, d) in
+// The stage with layer 0 and the embedding embeds the input tokens. The MTP modules need the embedding on their
+// (last) stage: there it may be a tied copy (has_embed with layer_begin > 0), used by the MTP modules only, whose
+// gradient the pipeline sums with the first stage's. Any other stage reads its input hidden state (N, d) from
+// model_stage_input(), which the pipeline fills before model_stage_forward.
+// A stage without the head leaves its output hidden state (N, d) in
 // model_stage_output(). model_stage_grad() is one (N, d) buffer: before model_stage_backward a stage without the
-// head expects the gradient w.r.t. its output there; after it, a stage without the embedding leaves the gradient
-// w.r.t. its input there. model_step == model_stage_forward(train 1) + model_stage_backward.
+// head expects the gradient w.r.t. its output there; after it, a stage that does not embed its input leaves the
+// gradient w.r.t. its input there. model_step == model_stage_forward(train 1) + model_stage_backward.
 Tensor model_stage_input(Model *m);
 Tensor model_stage_output(Model *m);
 Tensor model_stage_grad(Model *m);

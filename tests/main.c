@@ -62,6 +62,20 @@ const char *test_path(const char *rel) {
     return b;
 }
 
+const char *test_bin(const char *name) {
+    static char buf[4][8192];
+    static int slot;
+    char *b = buf[slot++ % 4];
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) { perror("readlink /proc/self/exe"); exit(2); }
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    snprintf(b, 8192, "%s/%s", exe, name);
+    return b;
+}
+
 static double now_s(void) { struct timeval tv; gettimeofday(&tv, NULL); return tv.tv_sec + tv.tv_usec * 1e-6; }
 
 int main(int argc, char **argv) {

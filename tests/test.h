@@ -40,6 +40,8 @@ __attribute__((noreturn, format(printf, 3, 4))) void test_fail(const char *file,
 int test_run(const char *cmd, char **output);
 // A fresh empty directory under $TMPDIR (or /tmp) for this test; removed by the runner after the test.
 const char *test_tmpdir(void);
+// Path of a program built next to the test binary (build/ or build-debug/): test_bin("train").
+const char *test_bin(const char *name);
 // Path of the repository root (the runner's working directory), for fixtures: test_path("tests/fixtures/x").
 const char *test_path(const char *rel);
 

@@ -4,6 +4,8 @@
 #include "tests/ops_testutil.h"
 #include "tests/test.h"
 
+#include <omp.h>
+
 static const Backend *cpu(void) { return backend_get("cpu"); }
 
 // out (M, N) = inp (M, K) @ w (N, K)^T in double.
@@ -20,7 +22,7 @@ TEST(ops_matmul_forward_matches_double) {
     ops_rng_seed(101);
     // Shapes: degenerate, odd, T=1-like single rows, and ones that cross the blocked kernel's tile edges.
     static const int shapes[][3] = {{1, 1, 1}, {1, 7, 5}, {3, 5, 7}, {8, 48, 64}, {13, 33, 17}, {65, 70, 131},
-                                    {2, 129, 3}, {100, 1, 40}};
+                                    {2, 129, 3}, {100, 1, 40}, {7, 70, 600}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *x = ops_rand((int64_t)M * K, 1.0f), *w = ops_rand((int64_t)N * K, 1.0f);
@@ -47,6 +49,24 @@ TEST(ops_matmul_accepts_3d_activations) {
     cpu()->matmul_forward(tensor_3d(o3, DT_F32, B, T, N), tensor_3d(x, DT_F32, B, T, K), tensor_2d(w, DT_F32, N, K), 0);
     cpu()->matmul_forward(tensor_2d(o2, DT_F32, B * T, N), tensor_2d(x, DT_F32, B * T, K), tensor_2d(w, DT_F32, N, K), 0);
     ASSERT(memcmp(o3, o2, sizeof(float) * B * T * N) == 0);
+}
+
+// Threads own whole output rows and sum in a fixed order: 1 and 3 threads give bit-identical results.
+TEST(ops_matmul_independent_of_thread_count) {
+    ops_rng_seed(106);
+    int M = 45, N = 37, K = 300;
+    float *x = ops_rand(M * K, 1.0f), *w = ops_rand(N * K, 1.0f), *g = ops_rand(M * N, 1.0f);
+    float *o[2], *dx[2], *dw[2];
+    for (int r = 0; r < 2; r++) {
+        omp_set_num_threads(r ? 3 : 1);
+        o[r] = calloc(M * N, 4), dx[r] = calloc(M * K, 4), dw[r] = calloc(N * K, 4);
+        cpu()->matmul_forward(tensor_2d(o[r], DT_F32, M, N), tensor_2d(x, DT_F32, M, K), tensor_2d(w, DT_F32, N, K), 0);
+        cpu()->matmul_backward(tensor_2d(dx[r], DT_F32, M, K), tensor_2d(dw[r], DT_F32, N, K), tensor_2d(g, DT_F32, M, N),
+                               tensor_2d(x, DT_F32, M, K), tensor_2d(w, DT_F32, N, K), 0);
+    }
+    ASSERT(memcmp(o[0], o[1], sizeof(float) * M * N) == 0);
+    ASSERT(memcmp(dx[0], dx[1], sizeof(float) * M * K) == 0);
+    ASSERT(memcmp(dw[0], dw[1], sizeof(float) * N * K) == 0);
 }
 
 typedef struct { int M, N, K; double *x, *w, *R; } MatmulCtx;
@@ -96,7 +116,9 @@ TEST(ops_matmul_backward_matches_finite_differences) {
 // dinp = R @ w and dw = R^T @ inp.
 TEST(ops_matmul_backward_matches_double_products) {
     ops_rng_seed(104);
-    static const int shapes[][3] = {{37, 70, 45}, {64, 64, 64}, {5, 130, 67}};
+    // Includes sums longer than the kernel's 256-term blocks (K 270 for dinp's N 300, dw's M 300) and outputs wider
+    // than its 64-column panels.
+    static const int shapes[][3] = {{37, 70, 45}, {64, 64, 64}, {5, 130, 67}, {5, 300, 270}, {300, 9, 11}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *x = ops_rand(M * K, 1.0f), *w = ops_rand(N * K, 1.0f), *R = ops_rand(M * N, 1.0f);

@@ -84,13 +84,6 @@ int trainer_run(const Config *cfg) {
     const int D = mc->mtp_depth, T = tc->seq_len, B = tc->micro_batch;
     const int row = T + 1 + D;
 
-    if (mkdir(cfg->log.run_dir, 0755) != 0 && errno != EEXIST)
-        die("log.run_dir: cannot create %s: %s", cfg->log.run_dir, strerror(errno));
-    char metrics_path[CONFIG_PATH_MAX + 32];
-    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->log.run_dir);
-    FILE *metrics = fopen(metrics_path, "w");
-    if (!metrics) die("cannot write %s: %s", metrics_path, strerror(errno));
-
     Loader *train = open_loader(cfg, cfg->data.train, cfg->data.shuffle);
     Loader *val = cfg->data.val[0] && tc->eval_every > 0 ? open_loader(cfg, cfg->data.val, 0) : NULL;
     LoaderInfo info = loader_info(train);
@@ -110,6 +103,13 @@ int trainer_run(const Config *cfg) {
     log_info("model: %.3fM parameters in this stage, %d MoE layer(s), backend %s", table->total / 1e6, n_moe,
              be->name);
 
+    // The metrics file is created only once data and model are ready, so a run that cannot start leaves none.
+    if (mkdir(cfg->log.run_dir, 0755) != 0 && errno != EEXIST)
+        die("log.run_dir: cannot create %s: %s", cfg->log.run_dir, strerror(errno));
+    char metrics_path[CONFIG_PATH_MAX + 32];
+    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->log.run_dir);
+    FILE *metrics = fopen(metrics_path, "w");
+    if (!metrics) die("cannot write %s: %s", metrics_path, strerror(errno));
     uint32_t *tokens = xmalloc((size_t)B * row * sizeof(uint32_t));
     double *max_vio = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(double));
     long step = 0;

@@ -15,7 +15,7 @@ void cpu_swiglu_forward(Tensor out, Tensor gate, Tensor up) {
     cpu_agree(op, "out", &out, tensor_numel(&out), "gate", &gate, n, "size");
     const float *g = gate.data, *u = up.data;
     float *y = out.data;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-g[i]));
         y[i] = g[i] * s * u[i];
@@ -37,7 +37,7 @@ void cpu_swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Ten
     cpu_agree(op, "dup", &dup, tensor_numel(&dup), "up", &up, n, "size");
     const float *g = gate.data, *u = up.data, *dy = dout.data;
     float *dg = dgate.data, *du = dup.data;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-g[i]));
         float gi = g[i], dyi = dy[i];
@@ -55,7 +55,7 @@ void cpu_axpy(Tensor y, Tensor x, float alpha) {
     cpu_agree(op, "y", &y, n, "x", &x, tensor_numel(&x), "size");
     float *yd = y.data;
     const float *xd = x.data;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) yd[i] += alpha * xd[i];
 }
 
@@ -72,7 +72,7 @@ void cpu_copy_cols(Tensor dst, int64_t dst_col, Tensor src, int64_t src_col, int
             (long long)sc);
     float *d = dst.data;
     const float *s = src.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (R * ncols > CPU_PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         float *dr = d + r * dc + dst_col;
         const float *sr = s + r * sc + src_col;

@@ -24,7 +24,7 @@ void cpu_embedding_forward(Tensor out, Tensor ids, Tensor table) {
     check_ids(op, id, N, V);
     const float *tab = table.data;
     float *y = out.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d > CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) memcpy(y + n * d, tab + (int64_t)id[n] * d, (size_t)d * sizeof(float));
 }
 
@@ -43,7 +43,7 @@ void cpu_embedding_backward(Tensor dtable, Tensor dout, Tensor ids) {
     const float *g = dout.data;
     float *dt = dtable.data;
     const int64_t CB = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * d > CPU_PAR_MIN)
     for (int64_t j0 = 0; j0 < d; j0 += CB) {
         int64_t j1 = j0 + CB < d ? j0 + CB : d;
         for (int64_t n = 0; n < N; n++) {

@@ -26,7 +26,7 @@ void cpu_cross_entropy_forward_backward(Tensor losses, Tensor dlogits, Tensor lo
             die("%s: targets[%lld] = %d is outside the vocabulary of %lld", op, (long long)n, tg[n], (long long)V);
     const float *x = logits.data;
     float *loss = losses.data, *dx = dlogits.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * V > CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         const float *xn = x + n * V;
         float mx = -INFINITY;

@@ -57,7 +57,7 @@ void cpu_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top_k) {
     const int32_t *o = order.data;
     const float *xd = x.data;
     float *y = x_sorted.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NK * d > CPU_PAR_MIN)
     for (int64_t j = 0; j < NK; j++) memcpy(y + j * d, xd + (int64_t)(o[j] / top_k) * d, (size_t)d * sizeof(float));
 }
 
@@ -77,7 +77,7 @@ void cpu_moe_gather_backward(Tensor dx, Tensor dx_sorted, Tensor order, int top_
     float *out = dx.data;
     if (!accumulate) memset(out, 0, (size_t)(N * d) * sizeof(float));
     const int64_t CB = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NK * d > CPU_PAR_MIN)
     for (int64_t c0 = 0; c0 < d; c0 += CB) {
         int64_t c1 = c0 + CB < d ? c0 + CB : d;
         for (int64_t j = 0; j < NK; j++) {
@@ -105,7 +105,7 @@ void cpu_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, in
     float *od = out.data;
     if (!accumulate) memset(od, 0, (size_t)(N * d) * sizeof(float));
     const int64_t CB = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NK * d > CPU_PAR_MIN)
     for (int64_t c0 = 0; c0 < d; c0 += CB) {
         int64_t c1 = c0 + CB < d ? c0 + CB : d;
         for (int64_t j = 0; j < NK; j++) {
@@ -137,7 +137,7 @@ void cpu_moe_combine_backward(Tensor dy_sorted, Tensor dgates, Tensor dout, Tens
     const int32_t *o = order.data;
     const float *g = dout.data, *y = y_sorted.data, *gt = gates.data;
     float *dy = dy_sorted.data, *dg = dgates.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NK * d > CPU_PAR_MIN)
     for (int64_t j = 0; j < NK; j++) {
         const float *gt_row = g + (int64_t)(o[j] / K) * d, *yj = y + j * d;
         float *dyj = dy + j * d, gate = gt[o[j]], acc = 0.0f;

@@ -16,7 +16,7 @@ void cpu_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float ep
     cpu_expect(op, "rstd", &rstd, tensor_numel(&rstd), M, "size (rows of inp)");
     const float *x = inp.data, *wd = w.data;
     float *y = out.data, *r = rstd.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * d > CPU_PAR_MIN)
     for (int64_t m = 0; m < M; m++) {
         const float *xm = x + m * d;
         float ss = 0.0f;
@@ -46,7 +46,7 @@ void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tenso
         cpu_need(op, "dinp", &dinp, DT_F32, 0);
         cpu_agree(op, "dinp", &dinp, tensor_numel(&dinp), "inp", &inp, M * d, "size");
         float *dx = dinp.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * d > CPU_PAR_MIN)
         for (int64_t m = 0; m < M; m++) {
             const float *xm = x + m * d, *gm = g + m * d;
             float rs = r[m], dot = 0.0f;
@@ -67,7 +67,7 @@ void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tenso
         float *dwd = dw.data;
         // Threads own column blocks (each dw element has one writer), rows summed in order: deterministic.
         const int64_t CB = 64;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (M * d > CPU_PAR_MIN)
         for (int64_t j0 = 0; j0 < d; j0 += CB) {
             int64_t j1 = j0 + CB < d ? j0 + CB : d;
             for (int64_t m = 0; m < M; m++) {

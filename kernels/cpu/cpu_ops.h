@@ -6,6 +6,10 @@
 
 #include "kernels/ops.h"
 
+// Loops over fewer elements (or multiply-adds) than this run on one thread: a parallel region costs microseconds,
+// more than such a loop takes, and on a busy machine each region can stall until a descheduled thread returns.
+#define CPU_PAR_MIN 65536
+
 // ---- argument checks (cpu_check.c): each dies with "op: <what is wrong>" naming the tensors and their shapes ----
 
 // Dies unless t has data, dtype dt and exactly ndim dimensions (ndim 0: any number >= 1; the op then views the

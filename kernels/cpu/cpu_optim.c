@@ -15,7 +15,7 @@ double cpu_sum_squares(Tensor x) {
     const int64_t nb = (n + bs - 1) / bs;
     double part[MAX_BLOCKS];
     const float *xd = x.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * bs, i1 = i0 + bs < n ? i0 + bs : n;
         double acc = 0.0;
@@ -31,7 +31,7 @@ void cpu_scale(Tensor x, float alpha) {
     cpu_need("scale", "x", &x, DT_F32, 0);
     const int64_t n = tensor_numel(&x);
     float *xd = x.data;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) xd[i] *= alpha;
 }
 
@@ -56,7 +56,7 @@ void cpu_adamw_update(Tensor params, Tensor grads, Tensor m, Tensor v, float lr,
     float *p = params.data;
     const float *g = grads.data;
     uint16_t *md = m.data, *vd = v.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i] * grad_scale;
         uint16_t mb = bf16_from_f32(beta1 * bf16_to_f32(md[i]) + (1.0f - beta1) * gi);

@@ -24,7 +24,7 @@ void cpu_rope_apply(Tensor x, int64_t col, int64_t rope_dim, Tensor cos, Tensor 
     float *xd = x.data;
     const float *c = cos.data, *s = sin.data;
     const float sign = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * H * rope_dim > CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         const float *cn = c + (n % T) * half, *sn = s + (n % T) * half;
         for (int64_t h = 0; h < H; h++) {
@@ -70,7 +70,7 @@ void cpu_mla_kv_assemble(Tensor k, Tensor v, Tensor kv, Tensor k_rope, int nope,
     const int64_t dk = nope + rope, dkv = nope + dv;
     float *kd = k.data, *vd = v.data;
     const float *src = kv.data, *kr = k_rope.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * H * (dk + dv) > CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++)
         for (int64_t h = 0; h < H; h++) {
             const float *s = src + (n * H + h) * dkv; // this head's [k_nope ; v]
@@ -92,7 +92,7 @@ void cpu_mla_kv_assemble_backward(Tensor dkv, Tensor dk_rope, Tensor dk, Tensor 
     const int64_t dkd = nope + rope, dkvd = nope + dv_dim;
     float *out = dkv.data, *dkr = dk_rope.data;
     const float *g = dk.data, *gv = dv.data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * H * (dkd + dv_dim) > CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         float *r = dkr + n * rope;
         for (int j = 0; j < rope; j++) r[j] = 0.0f;

@@ -6,6 +6,8 @@
 //   scores in the group; the topk_groups best groups are kept; top_k experts are picked among them by biased score;
 //   gates = unbiased scores of the chosen / (their sum + 1e-20) (sigmoid only, as both references) * route_scale.
 // Ties go to the lower index (groups and experts), so a choice never depends on thread count or summation order.
+// Experts of dropped groups are excluded outright, as the official code does (-inf). HF instead sets their biased
+// score to 0.0, which differs only when fewer than top_k experts of the kept groups have a positive biased score.
 #include "kernels/cpu/cpu_ops.h"
 #include "train/check.h"
 
@@ -67,7 +69,7 @@ void cpu_moe_route(Tensor topk_idx, Tensor gates, Tensor scores, Tensor logits, 
     const float *x = logits.data;
     float *s = scores.data, *gt = gates.data;
     int32_t *idx = topk_idx.data;
-#pragma omp parallel
+#pragma omp parallel if (N * E * (K + 2) > CPU_PAR_MIN)
     {
         // Per-thread scratch: biased scores (E), group scores (G), expert and group availability flags.
         float *biased = xmalloc((size_t)E * sizeof(float));
@@ -162,7 +164,7 @@ void cpu_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor dscores_extra,
     float *dl = dlogits.data;
     for (int64_t i = 0; i < N * K; i++)
         if (idx[i] < 0 || idx[i] >= E) die("%s: topk_idx[%lld] = %d is not an expert in [0, %d)", op, (long long)i, idx[i], E);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * E > CPU_PAR_MIN)
     for (int64_t t = 0; t < N; t++) {
         const float *st = s + t * E, *dgt = dg + t * K;
         const int32_t *it = idx + t * K;
