@@ -10,7 +10,7 @@
 #include "train/ckpt.h"
 #include "train/fsio.h"
 #include "train/hf_io.h"
-#include "train/json.h"
+#include "train/json_util.h"
 
 #include <hdf5.h>
 #include <sys/stat.h>
@@ -129,21 +129,21 @@ TEST(hf_io_export_import_identity_fp32_sharded) {
     size_t n;
     char *text = fsio_read_small(tmp_path("hf/model.safetensors.index.json"), &n);
     ASSERT(text);
-    JsonValue idx;
     char err[256];
-    ASSERT_MSG(json_parse(text, n, &idx, err, sizeof err) == 0, "%s", err);
+    Json *idx = json_parse(text, n, err, sizeof err);
+    ASSERT_MSG(idx, "%s", err);
     free(text);
-    const JsonValue *wm = json_get(&idx, "weight_map");
-    ASSERT(wm && wm->n == s.t.n + 2 /* MoE layers 1 and 2 */ + 2 /* MTP copies */);
+    const JsonValue *wm = json_get(json_root(idx), "weight_map");
+    ASSERT(wm && (int)wm->n == s.t.n + 2 /* MoE layers 1 and 2 */ + 2 /* MTP copies */);
     ASSERT(json_get(wm, "model.layers.2.embed_tokens.weight") && json_get(wm, "model.layers.2.shared_head.head.weight"));
     ASSERT(json_get(wm, "model.layers.1.mlp.gate.e_score_correction_bias"));
     ASSERT(json_get(wm, "model.layers.2.mlp.gate.e_score_correction_bias"));
     ASSERT_EQ_STR(json_get(wm, "lm_head.weight")->str + strlen(json_get(wm, "lm_head.weight")->str) - 12, ".safetensors");
     int64_t total;
-    ASSERT(json_int64(json_get(json_get(&idx, "metadata"), "total_size"), &total));
+    ASSERT(json_as_int64(json_get(json_get(json_root(idx), "metadata"), "total_size"), &total));
     int64_t want_total = 4 * (params_numel(&s.t) + 2 * 4 + 2 * 16 * 8);
     ASSERT_EQ_INT(total, want_total);
-    json_free(&idx);
+    json_free(idx);
     // The copies hold the embedding and head values.
     HfDir *h = hf_open(tmp_path("hf"));
     float copy[16 * 8];
@@ -206,48 +206,50 @@ TEST(hf_io_safetensors_byte_layout) {
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = hl << 8 | f[i];   // little-endian u64
     ASSERT(hl % 8 == 0 && 8 + hl < n && f[8] == '{');
-    JsonValue hdr;
     char err[256];
-    ASSERT_MSG(json_parse((char *)f + 8, hl, &hdr, err, sizeof err) == 0, "%s", err);   // trailing spaces are fine
-    ASSERT_EQ_STR(json_get(json_get(&hdr, "__metadata__"), "format")->str, "pt");
+    Json *doc = json_parse((char *)f + 8, hl, err, sizeof err);   // trailing spaces are fine
+    ASSERT_MSG(doc, "%s", err);
+    const JsonValue *hdr = json_root(doc);
+    ASSERT_EQ_STR(json_get(json_get(hdr, "__metadata__"), "format")->str, "pt");
     // Data offsets tile the data section exactly, and each tensor's bytes are its values (little-endian FP32).
     int64_t covered = 0;
-    for (int i = 0; i < hdr.n; i++) {
-        if (strcmp(hdr.keys[i], "__metadata__") == 0) continue;
-        const JsonValue *e = &hdr.items[i], *off = json_get(e, "data_offsets");
+    for (size_t i = 0; i < hdr->n; i++) {
+        if (strcmp(hdr->keys[i], "__metadata__") == 0) continue;
+        const JsonValue *e = &hdr->items[i], *off = json_get(e, "data_offsets");
         int64_t b, en;
-        ASSERT(json_int64(&off->items[0], &b) && json_int64(&off->items[1], &en));
+        ASSERT(json_as_int64(&off->items[0], &b) && json_as_int64(&off->items[1], &en));
         ASSERT_EQ_STR(json_get(e, "dtype")->str, "F32");
         covered += en - b;
-        const ParamInfo *p = params_find(&s.t, hdr.keys[i]);
+        const ParamInfo *p = params_find(&s.t, hdr->keys[i]);
         if (p) {
             const JsonValue *shape = json_get(e, "shape");
-            ASSERT_EQ_INT(shape->n, p->ndim);
+            ASSERT_EQ_INT((int)shape->n, p->ndim);
             ASSERT_EQ_INT((int64_t)shape->items[0].number, p->shape[0]);
             ASSERT_EQ_INT(en - b, p->numel * 4);
-            ASSERT_MSG(memcmp(f + 8 + hl + b, s.params + p->offset, (size_t)(en - b)) == 0, "%s", hdr.keys[i]);
+            ASSERT_MSG(memcmp(f + 8 + hl + b, s.params + p->offset, (size_t)(en - b)) == 0, "%s", hdr->keys[i]);
         }
     }
     ASSERT_EQ_INT(covered, (int64_t)(n - 8 - hl));
-    json_free(&hdr);
+    json_free(doc);
     free(f);
     // config.json: the official DeepSeek-V3 fields.
     char *cfg = fsio_read_small(tmp_path("hf/config.json"), &n);
-    JsonValue c;
-    ASSERT(json_parse(cfg, n, &c, err, sizeof err) == 0);
-    ASSERT_EQ_STR(json_get(&c, "model_type")->str, "deepseek_v3");
-    ASSERT_EQ_STR(json_get(&c, "architectures")->items[0].str, "DeepseekV3ForCausalLM");
+    Json *cdoc = json_parse(cfg, n, err, sizeof err);
+    ASSERT_MSG(cdoc, "%s", err);
+    const JsonValue *c = json_root(cdoc);
+    ASSERT_EQ_STR(json_get(c, "model_type")->str, "deepseek_v3");
+    ASSERT_EQ_STR(json_get(c, "architectures")->items[0].str, "DeepseekV3ForCausalLM");
     const struct { const char *k; double v; } want[] = {
         {"num_nextn_predict_layers", 1}, {"n_group", 1}, {"topk_group", 1}, {"routed_scaling_factor", 2.5},
         {"first_k_dense_replace", 1}, {"hidden_size", 8}, {"num_hidden_layers", 2}, {"q_lora_rank", 4},
         {"n_routed_experts", 4}, {"num_experts_per_tok", 2}, {"rope_theta", 10000}, {"max_position_embeddings", 64}};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
-        const JsonValue *v = json_get(&c, want[i].k);
+        const JsonValue *v = json_get(c, want[i].k);
         ASSERT_MSG(v && v->type == JSON_NUMBER && v->number == want[i].v, "config.json %s", want[i].k);
     }
-    ASSERT(json_get(&c, "norm_topk_prob")->boolean == 1 && json_get(&c, "rope_scaling")->type == JSON_NULL);
-    ASSERT_EQ_STR(json_get(&c, "torch_dtype")->str, "float32");
-    json_free(&c);
+    ASSERT(json_get(c, "norm_topk_prob")->type == JSON_TRUE && json_get(c, "rope_scaling")->type == JSON_NULL);
+    ASSERT_EQ_STR(json_get(c, "torch_dtype")->str, "float32");
+    json_free(cdoc);
     free(cfg);
     tstate_free(&s);
 }
@@ -351,13 +353,14 @@ TEST(hf_io_import_fp8_block_scales_fixture) {
     size_t n;
     char *text = fsio_read_small(test_path("tests/fixtures/hf_io/fp8/spot_checks.json"), &n);
     ASSERT(text);
-    JsonValue spots;
     char err[256];
-    ASSERT_MSG(json_parse(text, n, &spots, err, sizeof err) == 0, "%s", err);
+    Json *doc = json_parse(text, n, err, sizeof err);
+    ASSERT_MSG(doc, "%s", err);
     free(text);
-    ASSERT_EQ_INT(spots.n, 8);
-    for (int i = 0; i < spots.n; i++) {
-        const JsonValue *sp = &spots.items[i];
+    const JsonValue *spots = json_root(doc);
+    ASSERT_EQ_INT(spots->n, 8);
+    for (size_t i = 0; i < spots->n; i++) {
+        const JsonValue *sp = &spots->items[i];
         const ParamInfo *p = params_find(&fp8.t, json_get(sp, "name")->str);
         ASSERT(p);
         int64_t r = (int64_t)json_get(sp, "row")->number, c = (int64_t)json_get(sp, "col")->number;
@@ -368,7 +371,7 @@ TEST(hf_io_import_fp8_block_scales_fixture) {
         ASSERT_MSG(got == v * scale, "[%lld, %lld] code 0x%02x: %.9g, expected %.9g", (long long)r, (long long)c, byte,
                    got, v * scale);
     }
-    json_free(&spots);
+    json_free(doc);
     tstate_free(&fp8);
     tstate_free(&want);
 }

@@ -3,7 +3,7 @@
 #include "train/check.h"
 #include "train/config_internal.h"
 #include "train/fsio.h"
-#include "train/json.h"
+#include "train/json_util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -103,16 +103,16 @@ static int manifest_read_model(const JsonValue *obj, ModelConfig *out, char *why
         int64_t iv;
         switch (k->type) {
         case KEY_INT: case KEY_BOOL:
-            if (!json_int64(v, &iv)) goto bad;
+            if (!json_as_int64(v, &iv)) goto bad;
             *(int *)f = (int)iv;
             break;
         case KEY_LONG:
-            if (!json_int64(v, &iv)) goto bad;
+            if (!json_as_int64(v, &iv)) goto bad;
             *(long *)f = (long)iv;
             break;
         case KEY_U64:
-            if (v->type != JSON_NUMBER) goto bad;
-            *(unsigned long long *)f = strtoull(v->str, NULL, 10);
+            if (!json_as_int64(v, &iv) || iv < 0) goto bad;
+            *(unsigned long long *)f = (unsigned long long)iv;
             break;
         case KEY_DOUBLE:
             if (v->type != JSON_NUMBER) goto bad;
@@ -150,7 +150,7 @@ typedef struct {
 } ManifestFile;
 
 typedef struct {
-    JsonValue root;
+    Json *doc;
     int64_t step;
     int world;
     unsigned long long model_hash;
@@ -161,7 +161,7 @@ typedef struct {
 } Manifest;
 
 static void manifest_free(Manifest *m) {
-    json_free(&m->root);
+    json_free(m->doc);
     free(m->files);
     memset(m, 0, sizeof *m);
 }
@@ -192,25 +192,25 @@ static int manifest_read(const char *dir, Manifest *m, char *why, size_t n) {
         return 0;
     }
     char err[256];
-    int rc = json_parse(text, len, &m->root, err, sizeof err);
+    m->doc = json_parse(text, len, err, sizeof err);
     free(text);
-    if (rc != 0) { snprintf(why, n, "manifest %s is not valid JSON: %s", path, err); return 0; }
-    const JsonValue *r = &m->root, *v;
+    if (!m->doc) { snprintf(why, n, "manifest %s is not valid JSON: %s", path, err); return 0; }
+    const JsonValue *r = json_root(m->doc), *v;
     int64_t iv;
     if (!(v = json_get(r, "format")) || v->type != JSON_STRING || strcmp(v->str, CKPT_FORMAT) != 0) {
         snprintf(why, n, "manifest %s: \"format\" is not \"%s\"", path, CKPT_FORMAT);
         goto fail;
     }
-    if (!json_int64(json_get(r, "version"), &iv) || iv != CKPT_VERSION) {
+    if (!json_as_int64(json_get(r, "version"), &iv) || iv != CKPT_VERSION) {
         snprintf(why, n, "manifest %s: \"version\" is not %d (written by another version of this program?)", path,
                  CKPT_VERSION);
         goto fail;
     }
-    if (!json_int64(json_get(r, "step"), &m->step) || m->step < 0) {
+    if (!json_as_int64(json_get(r, "step"), &m->step) || m->step < 0) {
         snprintf(why, n, "manifest %s: \"step\" is missing or invalid", path);
         goto fail;
     }
-    if (!json_int64(json_get(r, "world"), &iv) || iv < 1 || iv > 1 << 24) {
+    if (!json_as_int64(json_get(r, "world"), &iv) || iv < 1 || iv > 1 << 24) {
         snprintf(why, n, "manifest %s: \"world\" is missing or invalid", path);
         goto fail;
     }
@@ -234,12 +234,12 @@ static int manifest_read(const char *dir, Manifest *m, char *why, size_t n) {
         goto fail;
     }
     m->files = xcalloc((size_t)files->n, sizeof *m->files);
-    m->n_files = files->n;
-    for (int i = 0; i < files->n; i++) {
+    m->n_files = (int)files->n;
+    for (int i = 0; i < (int)files->n; i++) {
         const JsonValue *fo = &files->items[i], *fn = json_get(fo, "name"), *fx = json_get(fo, "xxh64");
         ManifestFile *mf = &m->files[i];
         if (!fn || fn->type != JSON_STRING || strlen(fn->str) >= sizeof mf->name || strchr(fn->str, '/') ||
-            !json_int64(json_get(fo, "size"), &mf->size) || mf->size < 0 || !fx || fx->type != JSON_STRING ||
+            !json_as_int64(json_get(fo, "size"), &mf->size) || mf->size < 0 || !fx || fx->type != JSON_STRING ||
             !parse_hex64(fx->str, &mf->xxh64)) {
             snprintf(why, n, "manifest %s: files[%d] needs \"name\", \"size\" and \"xxh64\" (16 hex digits)", path, i);
             goto fail;

@@ -3,7 +3,7 @@
 #include "train/check.h"
 #include "train/ckpt.h"
 #include "train/fsio.h"
-#include "train/json.h"
+#include "train/json_util.h"
 
 #include <errno.h>
 #include <fcntl.h>

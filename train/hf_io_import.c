@@ -4,7 +4,7 @@
 #include "train/check.h"
 #include "train/ckpt.h"
 #include "train/fsio.h"
-#include "train/json.h"
+#include "train/json_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,14 +24,16 @@ typedef struct {
     char *path;
     int fd;              // -1 until the header is read
     int64_t data_start, data_len;
-    JsonValue header;
+    Json *header;
 } Shard;
 
 struct HfDir {
     char *dir;
-    JsonValue config;
-    JsonValue index;
+    Json *config;
+    Json *index;
     const JsonValue *weight_map;   // NULL: one model.safetensors
+    char **map_keys;               // weight_map as an open-addressing hash: tensor name -> shard (a 671B index has
+    int *map_shard, map_cap;       // ~91k entries; linear json_get per tensor would be quadratic)
     Shard *shards;
     int n_shards;
     uint8_t *raw;                  // pread buffer
@@ -58,14 +60,31 @@ static char *join(const char *dir, const char *name) {
     return p;
 }
 
-static void read_json(const char *path, JsonValue *out) {
+static Json *read_json(const char *path) {
     size_t len;
     char *text = fsio_read_small(path, &len);
     if (!text) die("%s: cannot read: %s", path, strerror(errno));
     char err[256];
-    if (json_parse(text, len, out, err, sizeof err) != 0) die("%s: invalid JSON: %s", path, err);
+    Json *j = json_parse(text, len, err, sizeof err);
+    if (!j) die("%s: invalid JSON: %s", path, err);
     free(text);
-    if (out->type != JSON_OBJECT) die("%s: expected a JSON object, found %s", path, json_type_name(out->type));
+    if (json_root(j)->type != JSON_OBJECT)
+        die("%s: expected a JSON object, found %s", path, json_type_name(json_root(j)->type));
+    return j;
+}
+
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+// Shard of tensor `name` by the index, or -1.
+static int map_find(const HfDir *h, const char *name) {
+    size_t mask = (size_t)h->map_cap - 1, i = (size_t)name_hash(name) & mask;
+    for (; h->map_keys[i]; i = (i + 1) & mask)
+        if (strcmp(h->map_keys[i], name) == 0) return h->map_shard[i];
+    return -1;
 }
 
 static int shard_add(HfDir *h, const char *file) {
@@ -86,18 +105,26 @@ HfDir *hf_open(const char *dir) {
     h->dir = xstrdup(dir);
     if (!fsio_is_dir(dir)) die("%s: not a directory (expected a Hugging Face model directory)", dir);
     char *p = join(dir, "config.json");
-    read_json(p, &h->config);
+    h->config = read_json(p);
     free(p);
     p = join(dir, "model.safetensors.index.json");
     if (fsio_exists(p)) {
-        read_json(p, &h->index);
-        h->weight_map = json_get(&h->index, "weight_map");
+        h->index = read_json(p);
+        h->weight_map = json_get(json_root(h->index), "weight_map");
         if (!h->weight_map || h->weight_map->type != JSON_OBJECT) die("%s: \"weight_map\" is missing", p);
-        for (int i = 0; i < h->weight_map->n; i++) {
+        h->map_cap = 16;
+        while ((size_t)h->map_cap < 2 * h->weight_map->n) h->map_cap *= 2;
+        h->map_keys = xcalloc((size_t)h->map_cap, sizeof *h->map_keys);
+        h->map_shard = xcalloc((size_t)h->map_cap, sizeof *h->map_shard);
+        for (size_t i = 0; i < h->weight_map->n; i++) {
             const JsonValue *v = &h->weight_map->items[i];
-            if (v->type != JSON_STRING)
-                die("%s: weight_map[\"%s\"] is not a file name", p, h->weight_map->keys[i]);
-            shard_add(h, v->str);
+            const char *key = h->weight_map->keys[i];
+            if (v->type != JSON_STRING) die("%s: weight_map[\"%s\"] is not a file name", p, key);
+            if (map_find(h, key) >= 0) die("%s: tensor %s is listed twice in weight_map", p, key);
+            size_t mask = (size_t)h->map_cap - 1, j = (size_t)name_hash(key) & mask;
+            while (h->map_keys[j]) j = (j + 1) & mask;
+            h->map_keys[j] = h->weight_map->keys[i];   // owned by the parsed index
+            h->map_shard[j] = shard_add(h, v->str);
         }
     } else {
         char *single = join(dir, "model.safetensors");
@@ -115,13 +142,15 @@ void hf_close(HfDir *h) {
     for (int i = 0; i < h->n_shards; i++) {
         Shard *s = &h->shards[i];
         if (s->fd >= 0) close(s->fd);
-        json_free(&s->header);
+        json_free(s->header);
         free(s->file);
         free(s->path);
     }
     free(h->shards);
-    json_free(&h->config);
-    json_free(&h->index);
+    json_free(h->config);
+    json_free(h->index);
+    free(h->map_keys);
+    free(h->map_shard);
     free(h->raw);
     free(h->dir);
     free(h);
@@ -155,9 +184,10 @@ static void shard_load(Shard *s) {
     char *text = xmalloc(hl);
     pread_all(s, text, hl, 8, "the header");
     char err[256];
-    if (json_parse(text, hl, &s->header, err, sizeof err) != 0) die("%s: safetensors header: %s", s->path, err);
+    s->header = json_parse(text, hl, err, sizeof err);
+    if (!s->header) die("%s: safetensors header: %s", s->path, err);
     free(text);
-    if (s->header.type != JSON_OBJECT) die("%s: safetensors header is not a JSON object", s->path);
+    if (json_root(s->header)->type != JSON_OBJECT) die("%s: safetensors header is not a JSON object", s->path);
     s->data_start = 8 + (int64_t)hl;
     s->data_len = (int64_t)st.st_size - s->data_start;
 }
@@ -165,14 +195,10 @@ static void shard_load(Shard *s) {
 // Finds tensor `name`: 1 and *t, or 0 when the directory does not have it.
 static int lookup(HfDir *h, const char *name, StTensor *t) {
     int si = 0;
-    if (h->weight_map) {
-        const JsonValue *f = json_get(h->weight_map, name);
-        if (!f) return 0;
-        si = shard_add(h, f->str);
-    }
+    if (h->weight_map && (si = map_find(h, name)) < 0) return 0;
     Shard *s = &h->shards[si];
     shard_load(s);
-    const JsonValue *e = json_get(&s->header, name);
+    const JsonValue *e = json_get(json_root(s->header), name);
     if (!e) {
         if (h->weight_map) die("%s: tensor %s is not in it, but the index maps it there", s->path, name);
         return 0;
@@ -189,14 +215,14 @@ static int lookup(HfDir *h, const char *name, StTensor *t) {
     else die("%s: tensor %s has dtype %s; supported: F32, BF16, F8_E4M3 (with weight_scale_inv)", s->path, name,
              dt->str);
     int64_t numel = 1;
-    t->ndim = shape->n;
-    for (int i = 0; i < shape->n; i++) {
-        if (!json_int64(&shape->items[i], &t->shape[i]) || t->shape[i] < 0)
+    t->ndim = (int)shape->n;
+    for (int i = 0; i < (int)shape->n; i++) {
+        if (!json_as_int64(&shape->items[i], &t->shape[i]) || t->shape[i] < 0)
             die("%s: tensor %s: shape[%d] is not a non-negative integer", s->path, name, i);
         numel *= t->shape[i];
     }
     int64_t b, en;
-    if (!json_int64(&off->items[0], &b) || !json_int64(&off->items[1], &en) || b < 0 || en < b || en > s->data_len)
+    if (!json_as_int64(&off->items[0], &b) || !json_as_int64(&off->items[1], &en) || b < 0 || en < b || en > s->data_len)
         die("%s: tensor %s: data_offsets outside the %lld data bytes of the file (truncated?)", s->path, name,
             (long long)s->data_len);
     if (en - b != numel * st_size(t->dtype))
@@ -308,14 +334,18 @@ static void diff_add(Diff *d, const char *hf, const char *file_val, const char *
     json_buf_printf(&d->diff, "\n  %s = %s in config.json, model.%s = %s in the config", hf, file_val, ours, our_val);
 }
 
-static const JsonValue *cfg_get(const HfDir *h, const char *key) { return json_get(&h->config, key); }
+static const JsonValue *cfg_get(const HfDir *h, const char *key) { return json_get(json_root(h->config), key); }
 
 static void cmp_int(Diff *d, const JsonValue *v, const char *hf, long ours, const char *our_key) {
     char a[64], b[64];
     int64_t x;
     snprintf(b, sizeof b, "%ld", ours);
     if (!v) { diff_add(d, hf, "(missing)", our_key, b); return; }
-    if (!json_int64(v, &x)) { diff_add(d, hf, v->type == JSON_NUMBER ? v->str : json_type_name(v->type), our_key, b); return; }
+    if (!json_as_int64(v, &x)) {
+        if (v->type == JSON_NUMBER) snprintf(a, sizeof a, "%.17g", v->number);
+        diff_add(d, hf, v->type == JSON_NUMBER ? a : json_type_name(v->type), our_key, b);
+        return;
+    }
     snprintf(a, sizeof a, "%lld", (long long)x);
     if (x != ours) diff_add(d, hf, a, our_key, b);
 }
@@ -325,7 +355,9 @@ static void cmp_num(Diff *d, const JsonValue *v, const char *hf, double ours, co
     snprintf(b, sizeof b, "%.9g", ours);
     if (!v) { diff_add(d, hf, "(missing)", our_key, b); return; }
     if (v->type != JSON_NUMBER) { diff_add(d, hf, json_type_name(v->type), our_key, b); return; }
-    if (fabs(v->number - ours) > 1e-9 * fabs(ours)) diff_add(d, hf, v->str, our_key, b);
+    char a[64];
+    snprintf(a, sizeof a, "%.9g", v->number);
+    if (fabs(v->number - ours) > 1e-9 * fabs(ours)) diff_add(d, hf, a, our_key, b);
 }
 
 void hf_check_config(const HfDir *h, const ModelConfig *mc) {
@@ -389,12 +421,13 @@ void hf_check_config(const HfDir *h, const ModelConfig *mc) {
     const char *sf = v && v->type == JSON_STRING ? v->str : "sigmoid";
     if (strcmp(sf, mc->score_func == SCORE_SOFTMAX ? "softmax" : "sigmoid") != 0)
         diff_add(&d, "scoring_func", sf, "score_func", mc->score_func == SCORE_SOFTMAX ? "softmax" : "sigmoid");
-    if ((v = cfg_get(h, "norm_topk_prob")) && !(v->type == JSON_BOOL && v->boolean))
+    int flag;
+    if ((v = cfg_get(h, "norm_topk_prob")) && !(json_as_bool(v, &flag) && flag))
         json_buf_printf(&d.diff, "\n  norm_topk_prob is not true in config.json (this model always normalizes the "
                         "top-k gate weights)");
     if ((v = cfg_get(h, "hidden_act")) && !(v->type == JSON_STRING && strcmp(v->str, "silu") == 0))
         json_buf_printf(&d.diff, "\n  hidden_act is not \"silu\" in config.json");
-    if ((v = cfg_get(h, "tie_word_embeddings")) && !(v->type == JSON_BOOL && !v->boolean))
+    if ((v = cfg_get(h, "tie_word_embeddings")) && !(json_as_bool(v, &flag) && !flag))
         json_buf_printf(&d.diff, "\n  tie_word_embeddings is not false in config.json (this model has an untied head)");
     if (d.diff.len) die("%s does not match the model section of the config:%s", path, d.diff.s);
     json_buf_free(&d.diff);
