@@ -6,7 +6,7 @@
 // Threading model (first version, issue 5): every op enqueues on ONE stream created at first use; nothing syncs the
 // host except the ops that return a host value (sum_squares, moe_balance_loss), fill host arrays
 // (moe_dispatch_plan), or move memory to the host (download, synchronize). Kernels that find a bad index (a token id
-// outside the table, an expert id outside [0, E), ...) record it in a mapped host record and skip the access; the
+// outside the table, an expert id outside [0, E), ...) record it in a device-memory record and skip the access; the
 // next host sync dies with the op, the tensor, the index and the bad value (cuda_check_device_errors).
 #ifndef CUDA_COMMON_CUH
 #define CUDA_COMMON_CUH
@@ -79,7 +79,7 @@ struct CudaDevError {
     int pad;
     long long index, value, bound;
 };
-// Device-visible pointer to the record (mapped, pinned host memory).
+// Device pointer to the record (created, zeroed, at first use).
 CudaDevError *cuda_dev_error(void);
 // Host side, after a stream sync: dies with the recorded error, if any.
 void cuda_check_device_errors(void);
@@ -92,7 +92,6 @@ __device__ __forceinline__ void dev_error(CudaDevError *e, int code, long long i
         e->index = index;
         e->value = value;
         e->bound = bound;
-        __threadfence_system();
     }
 }
 

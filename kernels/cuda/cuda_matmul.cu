@@ -6,12 +6,16 @@
 // Types: F32 tensors use CUBLAS_COMPUTE_32F (true FP32, no TF32); BF16 inputs with FP32 accumulation
 // (CUBLAS_COMPUTE_32F) and an F32 or BF16 output. Both inputs of one product must share a dtype.
 //
-// Plans (descriptors, layouts and the heuristic's algorithm) are cached per shape/type/alignment.
+// Plans (descriptors, layouts and the heuristic's algorithm) are cached per shape/type/alignment. When cuBLASLt's
+// heuristic has no algorithm (odd leading dimensions or misaligned views of BF16 data, say), the product goes
+// through classic cuBLAS cublasGemmEx, which takes any layout, with the same types and FP32 compute.
 // grouped_matmul_* loop over the experts with one cuBLASLt call per non-empty expert, reading the segment table on
 // the host: correct but launch-bound for many small experts. TO REPLACE (issue 5): one grouped launch for all
 // experts of a layer.
 #include "kernels/cuda/cuda_common.cuh"
 
+#include <cublas_v2.h>
+#include <limits.h>
 #include <string.h>
 
 static cudaDataType_t lt_type(DType dt) { return dt == DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
@@ -33,7 +37,7 @@ typedef struct {
 } PlanKey;
 
 typedef struct {
-    int used;
+    int used, have_algo; // have_algo 0: no cuBLASLt algorithm, use cublasGemmEx
     PlanKey key;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
@@ -92,15 +96,32 @@ static Plan *plan_get(const char *op, const PlanKey *key) {
                                                       &key->align_c, sizeof key->align_c));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found));
+    // NOT_SUPPORTED means no algorithm for this configuration: the same as an empty answer.
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) found = 0;
+    else CUBLAS_CHECK(st);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    if (found < 1)
-        die("%s: cuBLASLt has no algorithm for m %lld n %lld k %lld (types %d/%d/%d, alignments %u/%u/%u)", op,
-            (long long)key->m, (long long)key->n, (long long)key->k, (int)key->ta, (int)key->tb, (int)key->tc,
-            key->align_a, key->align_b, key->align_c);
-    p->algo = res.algo;
+    p->have_algo = found >= 1;
+    if (p->have_algo) p->algo = res.algo;
     p->used = 1;
     return p;
+}
+
+static cublasHandle_t g_cublas;
+
+// The fallback: cublasGemmEx with FP32 compute (CUBLAS_COMPUTE_32F: no TF32), on the backend stream.
+static void gemmex(const char *op, const PlanKey *k, const void *A, const void *B, void *C, float beta) {
+    if (!g_cublas) {
+        CUBLAS_CHECK(cublasCreate(&g_cublas));
+        CUBLAS_CHECK(cublasSetStream(g_cublas, cuda_stream()));
+    }
+    if (k->m > INT_MAX || k->n > INT_MAX || k->k > INT_MAX || k->lda > INT_MAX || k->ldb > INT_MAX || k->ldc > INT_MAX)
+        die("%s: m %lld n %lld k %lld too large for cublasGemmEx", op, (long long)k->m, (long long)k->n,
+            (long long)k->k);
+    const float alpha = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(g_cublas, k->transa ? CUBLAS_OP_T : CUBLAS_OP_N, k->transb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                              (int)k->m, (int)k->n, (int)k->k, &alpha, A, k->ta, (int)k->lda, B, k->tb, (int)k->ldb,
+                              &beta, C, k->tc, (int)k->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // Column-major D (m x n, ldc) = op(A) (m x k) @ op(B) (k x n) + beta * D, with D == C.
@@ -122,6 +143,10 @@ static void lt_gemm(const char *op, int transa, int transb, int64_t m, int64_t n
     key.ta = lt_type(ta), key.tb = lt_type(tb), key.tc = lt_type(tc);
     key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C);
     Plan *p = plan_get(op, &key);
+    if (!p->have_algo) {
+        gemmex(op, &key, A, B, C, beta);
+        return;
+    }
     size_t ws_bytes;
     void *ws = cuda_lt_workspace(&ws_bytes);
     const float alpha = 1.0f;

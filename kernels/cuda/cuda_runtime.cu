@@ -59,14 +59,17 @@ void *cuda_scratch(size_t bytes) {
     return g_scratch;
 }
 
-static CudaDevError *g_err_host, *g_err_dev;
+// The record lives in device memory (kernels write it with a device-scope atomicCAS); the host reads it after the
+// stream syncs that the interface already has (download, synchronize, and the ops returning host values), one small
+// copy each time.
+static CudaDevError *g_err_dev;
 
 CudaDevError *cuda_dev_error(void) {
-    if (!g_err_host) {
-        cuda_stream();
-        CUDA_CHECK(cudaHostAlloc((void **)&g_err_host, sizeof(CudaDevError), cudaHostAllocMapped));
-        memset(g_err_host, 0, sizeof(CudaDevError));
-        CUDA_CHECK(cudaHostGetDevicePointer((void **)&g_err_dev, g_err_host, 0));
+    if (!g_err_dev) {
+        cudaStream_t s = cuda_stream();
+        CUDA_CHECK(cudaMalloc((void **)&g_err_dev, sizeof(CudaDevError)));
+        CUDA_CHECK(cudaMemsetAsync(g_err_dev, 0, sizeof(CudaDevError), s));
+        CUDA_CHECK(cudaStreamSynchronize(s));
     }
     return g_err_dev;
 }
@@ -90,14 +93,16 @@ static void err_text(int code, const char **op, const char **name) {
 }
 
 void cuda_check_device_errors(void) {
-    if (!g_err_host) return;
-    volatile CudaDevError *e = g_err_host;
-    int code = e->code;
-    if (code == ERR_NONE) return;
+    if (!g_err_dev) return;
+    CudaDevError e;
+    cudaStream_t s = cuda_stream();
+    CUDA_CHECK(cudaMemcpyAsync(&e, g_err_dev, sizeof e, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    if (e.code == ERR_NONE) return;
     const char *op, *name;
-    err_text(code, &op, &name);
+    err_text(e.code, &op, &name);
     die("%s: %s[%lld] = %lld is outside [0, %lld) (found on the GPU; reported at the next synchronization)", op, name,
-        (long long)e->index, (long long)e->value, (long long)e->bound);
+        (long long)e.index, (long long)e.value, (long long)e.bound);
 }
 
 void cuda_sync_and_check(void) {
