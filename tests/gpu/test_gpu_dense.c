@@ -383,3 +383,24 @@ TEST(gpu_adamw_exact) {
     }
     free(zero);
 }
+
+// Shape and dtype checks run on the host before anything touches the GPU, with the cpu op's messages.
+static void mixed_dtypes(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    static float buf[64];
+    g->matmul_forward(tensor_2d(buf, DT_F32, 2, 4), tensor_2d(buf, DT_F32, 2, 4), tensor_2d(buf, DT_BF16, 4, 4), 0);
+}
+
+static void bad_shape(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    static float buf[64];
+    g->rmsnorm_forward(tensor_2d(buf, DT_F32, 2, 8), tensor_1d(buf, DT_F32, 2), tensor_2d(buf, DT_F32, 2, 8),
+                       tensor_1d(buf, DT_F32, 7), 1e-6f);
+}
+
+TEST(gpu_ops_reject_bad_dtypes_and_shapes) {
+    EXPECT_DIE(mixed_dtypes, NULL, "matmul_forward: inp (2, 4) and w (4, 4) must have the same dtype (f32 vs bf16)");
+    EXPECT_DIE(bad_shape, NULL, "rmsnorm_forward: inp (2, 8) and w (7) disagree on d (8 vs 7)");
+}
