@@ -298,7 +298,10 @@ int ckpt_verify(const char *path, char *why, size_t n) {
         snprintf(fp, sizeof fp, "%s/%s", path, f->name);
         uint64_t h;
         int64_t size;
-        if (xxh64_file(fp, &h, &size) != 0) { snprintf(why, n, "cannot read %s: %s", f->name, strerror(errno)); goto done; }
+        if (xxh64_file(fp, &h, &size) != 0) {
+            snprintf(why, n, "cannot read %s: %s", f->name, strerror(errno));
+            goto done;
+        }
         if (size != f->size || h != f->xxh64) {
             snprintf(why, n, "checksum mismatch in %s (xxh64 %016llx, the manifest says %016llx): the file is corrupt",
                      f->name, (unsigned long long)h, (unsigned long long)f->xxh64);

@@ -177,7 +177,8 @@ void ckpt_h5_write_stage(const char *path, const CkptStage *s, int64_t step, uns
     attr_u64(path, f, "model_hash", model_hash);
     attr_str(path, f, "adam_moment_encoding", "bfloat16 bits as uint16: float32 value = bits << 16");
 
-    hid_t gp = group_create(path, f, "params"), gm = group_create(path, f, "adam_m"), gv = group_create(path, f, "adam_v");
+    hid_t gp = group_create(path, f, "params"), gm = group_create(path, f, "adam_m");
+    hid_t gv = group_create(path, f, "adam_v");
     for (int i = 0; i < t->n; i++) {
         const ParamInfo *p = &t->params[i];
         if (s->ep_part > 0 && p->kind != PARAM_ROUTED_EXPERT) continue;
@@ -348,7 +349,9 @@ void ckpt_h5_index_open(CkptStageIndex *ix, const char *dir, char **names, int n
         ix->fids[i] = file_open(ix->paths[i]);
         const char *groups[] = {"params", "moe_bias"};
         for (int k = 0; k < 2; k++) {
-            if (CK_H5(ix->paths[i], H5Lexists(ix->fids[i], groups[k], H5P_DEFAULT), "cannot look up /%s", groups[k]) <= 0)
+            htri_t has = CK_H5(ix->paths[i], H5Lexists(ix->fids[i], groups[k], H5P_DEFAULT), "cannot look up /%s",
+                               groups[k]);
+            if (has <= 0)
                 die("checkpoint file %s: group /%s is missing: not a stage file of this format", ix->paths[i],
                     groups[k]);
             hid_t g = CK_H5(ix->paths[i], H5Gopen2(ix->fids[i], groups[k], H5P_DEFAULT), "cannot open /%s", groups[k]);

@@ -30,8 +30,8 @@ char *hf_config_json(const ModelConfig *mc, HfDtype dtype) {
                     mc->n_dense_layers, mc->dim);
     json_buf_printf(&b, "  \"initializer_range\": ");
     json_buf_double(&b, mc->init_std);
-    json_buf_printf(&b, ",\n  \"intermediate_size\": %d,\n  \"kv_lora_rank\": %d,\n  \"max_position_embeddings\": %ld,\n",
-                    mc->inter_dim, mc->kv_lora_rank, max_pos);
+    json_buf_printf(&b, ",\n  \"intermediate_size\": %d,\n  \"kv_lora_rank\": %d,\n"
+                    "  \"max_position_embeddings\": %ld,\n", mc->inter_dim, mc->kv_lora_rank, max_pos);
     json_buf_printf(&b, "  \"moe_intermediate_size\": %d,\n  \"moe_layer_freq\": 1,\n  \"n_group\": %d,\n"
                     "  \"n_routed_experts\": %d,\n  \"n_shared_experts\": %d,\n  \"norm_topk_prob\": true,\n",
                     mc->moe_inter_dim, mc->n_expert_groups, mc->n_routed_experts, mc->n_shared_experts);
@@ -204,7 +204,8 @@ static void write_shard(const char *path, Entry *es, int n, int s, const HfSourc
             json_buf_printf(&h, ":{\"dtype\":\"%s\",\"shape\":[%lld", e->esize == 2 ? "BF16" : "F32",
                             (long long)e->shape[0]);
             if (e->ndim == 2) json_buf_printf(&h, ",%lld", (long long)e->shape[1]);
-            json_buf_printf(&h, "],\"data_offsets\":[%lld,%lld]}", (long long)e->begin, (long long)(e->begin + e->bytes));
+            json_buf_printf(&h, "],\"data_offsets\":[%lld,%lld]}", (long long)e->begin,
+                            (long long)(e->begin + e->bytes));
             data_bytes += e->bytes;
         }
     json_buf_printf(&h, "}");
@@ -296,7 +297,8 @@ void hf_export(const ModelConfig *mc, const ParamTable *table, const HfSource *s
         for (int i = 0; i < n; i++) sorted[i] = &es[i];
         qsort(sorted, (size_t)n, sizeof *sorted, name_cmp);
         JsonBuf b = {0};
-        json_buf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %lld\n  },\n  \"weight_map\": {", (long long)total);
+        json_buf_printf(&b, "{\n  \"metadata\": {\n    \"total_size\": %lld\n  },\n  \"weight_map\": {",
+                        (long long)total);
         for (int i = 0; i < n; i++) {
             shard_name(sorted[i]->shard, n_shards, name, sizeof name);
             json_buf_printf(&b, "%s\n    ", i ? "," : "");

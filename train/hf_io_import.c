@@ -222,7 +222,8 @@ static int lookup(HfDir *h, const char *name, StTensor *t) {
         numel *= t->shape[i];
     }
     int64_t b, en;
-    if (!json_as_int64(&off->items[0], &b) || !json_as_int64(&off->items[1], &en) || b < 0 || en < b || en > s->data_len)
+    if (!json_as_int64(&off->items[0], &b) || !json_as_int64(&off->items[1], &en) || b < 0 || en < b ||
+        en > s->data_len)
         die("%s: tensor %s: data_offsets outside the %lld data bytes of the file (truncated?)", s->path, name,
             (long long)s->data_len);
     if (en - b != numel * st_size(t->dtype))
@@ -259,7 +260,8 @@ static void *raw_buf(HfDir *h, size_t n) {
 
 static void fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
@@ -369,27 +371,45 @@ void hf_check_config(const HfDir *h, const ModelConfig *mc) {
     if ((v = cfg_get(h, "model_type")) && (v->type != JSON_STRING || strcmp(v->str, "deepseek_v3") != 0))
         json_buf_printf(&d.diff, "\n  model_type = %s in config.json, expected \"deepseek_v3\"",
                         v->type == JSON_STRING ? v->str : json_type_name(v->type));
+    // {HF key, our value, our key}: config.json must have each of them.
     const struct { const char *hf; int ours; const char *key; } ints[] = {
-        {"vocab_size", mc->vocab_size, "vocab_size"}, {"hidden_size", mc->dim, "dim"},
-        {"intermediate_size", mc->inter_dim, "inter_dim"}, {"moe_intermediate_size", mc->moe_inter_dim, "moe_inter_dim"},
-        {"num_hidden_layers", mc->n_layers, "n_layers"}, {"first_k_dense_replace", mc->n_dense_layers, "n_dense_layers"},
-        {"num_attention_heads", mc->n_heads, "n_heads"}, {"n_routed_experts", mc->n_routed_experts, "n_routed_experts"},
+        {"vocab_size", mc->vocab_size, "vocab_size"},
+        {"hidden_size", mc->dim, "dim"},
+        {"intermediate_size", mc->inter_dim, "inter_dim"},
+        {"moe_intermediate_size", mc->moe_inter_dim, "moe_inter_dim"},
+        {"num_hidden_layers", mc->n_layers, "n_layers"},
+        {"first_k_dense_replace", mc->n_dense_layers, "n_dense_layers"},
+        {"num_attention_heads", mc->n_heads, "n_heads"},
+        {"n_routed_experts", mc->n_routed_experts, "n_routed_experts"},
         {"n_shared_experts", mc->n_shared_experts, "n_shared_experts"},
         {"num_experts_per_tok", mc->n_activated_experts, "n_activated_experts"},
-        {"n_group", mc->n_expert_groups, "n_expert_groups"}, {"topk_group", mc->n_limited_groups, "n_limited_groups"},
-        {"kv_lora_rank", mc->kv_lora_rank, "kv_lora_rank"}, {"qk_nope_head_dim", mc->qk_nope_head_dim, "qk_nope_head_dim"},
-        {"qk_rope_head_dim", mc->qk_rope_head_dim, "qk_rope_head_dim"}, {"v_head_dim", mc->v_head_dim, "v_head_dim"}};
-    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) cmp_int(&d, cfg_get(h, ints[i].hf), ints[i].hf, ints[i].ours, ints[i].key);
-    if ((v = cfg_get(h, "num_key_value_heads")) && v->type != JSON_NULL) cmp_int(&d, v, "num_key_value_heads", mc->n_heads, "n_heads");
+        {"n_group", mc->n_expert_groups, "n_expert_groups"},
+        {"topk_group", mc->n_limited_groups, "n_limited_groups"},
+        {"kv_lora_rank", mc->kv_lora_rank, "kv_lora_rank"},
+        {"qk_nope_head_dim", mc->qk_nope_head_dim, "qk_nope_head_dim"},
+        {"qk_rope_head_dim", mc->qk_rope_head_dim, "qk_rope_head_dim"},
+        {"v_head_dim", mc->v_head_dim, "v_head_dim"}};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+        cmp_int(&d, cfg_get(h, ints[i].hf), ints[i].hf, ints[i].ours, ints[i].key);
+    if ((v = cfg_get(h, "num_key_value_heads")) && v->type != JSON_NULL)
+        cmp_int(&d, v, "num_key_value_heads", mc->n_heads, "n_heads");
+    char num[32];
     v = cfg_get(h, "q_lora_rank");
-    if (v && v->type == JSON_NULL) { if (mc->q_lora_rank != 0) { char b[32]; snprintf(b, sizeof b, "%d", mc->q_lora_rank); diff_add(&d, "q_lora_rank", "null", "q_lora_rank", b); } }
-    else cmp_int(&d, v, "q_lora_rank", mc->q_lora_rank, "q_lora_rank");
+    if (v && v->type == JSON_NULL) {   // null: no query compression, our 0
+        snprintf(num, sizeof num, "%d", mc->q_lora_rank);
+        if (mc->q_lora_rank != 0) diff_add(&d, "q_lora_rank", "null", "q_lora_rank", num);
+    } else {
+        cmp_int(&d, v, "q_lora_rank", mc->q_lora_rank, "q_lora_rank");
+    }
     // MTP: the official name, or transformers 5's; absent means none.
     v = cfg_get(h, "num_nextn_predict_layers");
     if (!v) v = cfg_get(h, "num_mtp_layers");
     if (v) cmp_int(&d, v, v == cfg_get(h, "num_nextn_predict_layers") ? "num_nextn_predict_layers" : "num_mtp_layers",
                    mc->mtp_depth, "mtp_depth");
-    else if (mc->mtp_depth != 0) { char b[32]; snprintf(b, sizeof b, "%d", mc->mtp_depth); diff_add(&d, "num_nextn_predict_layers", "(missing: no MTP)", "mtp_depth", b); }
+    else if (mc->mtp_depth != 0) {
+        snprintf(num, sizeof num, "%d", mc->mtp_depth);
+        diff_add(&d, "num_nextn_predict_layers", "(missing: no MTP)", "mtp_depth", num);
+    }
     cmp_num(&d, cfg_get(h, "routed_scaling_factor"), "routed_scaling_factor", mc->route_scale, "route_scale");
     cmp_num(&d, cfg_get(h, "rms_norm_eps"), "rms_norm_eps", mc->norm_eps, "norm_eps");
     // RoPE: the official / transformers 4 layout (rope_theta + rope_scaling) or transformers 5's rope_parameters.
@@ -413,7 +433,8 @@ void hf_check_config(const HfDir *h, const ModelConfig *mc) {
         cmp_num(&d, json_get(scaling, "beta_fast"), "rope_scaling.beta_fast", mc->beta_fast, "beta_fast");
         cmp_num(&d, json_get(scaling, "beta_slow"), "rope_scaling.beta_slow", mc->beta_slow, "beta_slow");
         cmp_num(&d, json_get(scaling, "mscale_all_dim"), "rope_scaling.mscale_all_dim", mc->mscale, "mscale");
-        cmp_num(&d, json_get(scaling, "mscale"), "rope_scaling.mscale (must equal mscale_all_dim)", mc->mscale, "mscale");
+        cmp_num(&d, json_get(scaling, "mscale"), "rope_scaling.mscale (must equal mscale_all_dim)", mc->mscale,
+                "mscale");
         cmp_int(&d, json_get(scaling, "original_max_position_embeddings"),
                 "rope_scaling.original_max_position_embeddings", mc->original_seq_len, "original_seq_len");
     }

@@ -3,11 +3,13 @@
 //   build/train [--set section.key=value]... CONFIG              train (the training entry)
 //   build/train plan [--set section.key=value]... CONFIG         parameters, FLOPs/token and per-GPU memory
 //   build/train dump-config [--set section.key=value]... CONFIG  print the effective config as YAML
+//   build/train export CKPT OUT_DIR [--dtype fp32|bf16]          a checkpoint as a Hugging Face directory
 //   build/train --help-config                                    every config key: type, default, range, help
 //   build/train --help
 //
 // Subcommands that take a config share one argument parser (parse_config_args), so --set works the same for all.
 #include "train/check.h"
+#include "train/ckpt_run.h"
 #include "train/config.h"
 #include "train/plan.h"
 #include "train/trainer.h"
@@ -19,6 +21,7 @@ static void usage(FILE *out) {
         "usage: build/train [--set section.key=value]... CONFIG\n"
         "       build/train plan [--set section.key=value]... CONFIG\n"
         "       build/train dump-config [--set section.key=value]... CONFIG\n"
+        CKPT_CLI_EXPORT_USAGE
         "       build/train --help-config\n"
         "       build/train --help\n"
         "\n"
@@ -29,6 +32,7 @@ static void usage(FILE *out) {
         "  plan                    parameters (total / activated), training FLOPs per token and per-GPU memory\n"
         "                          of the config's parallel layout, without allocating the model\n"
         "  dump-config             print the effective config (file + overrides + defaults) as YAML and exit\n"
+        CKPT_CLI_EXPORT_HELP
         "  --help-config           list every config key with its type, default, allowed values and meaning\n");
 }
 
@@ -115,5 +119,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--help-config") == 0) { config_print_help(stdout); return 0; }
     if (strcmp(cmd, "dump-config") == 0) return cmd_dump_config(argc, argv);
     if (strcmp(cmd, "plan") == 0) return cmd_plan(argc, argv);
+    if (strcmp(cmd, "export") == 0) return ckpt_cli_export(argc - 1, argv + 1);   // train/ckpt_run.c
     return cmd_train(argc, argv);
 }
