@@ -613,3 +613,33 @@ TEST(hf_io_transformers_logits) {
     model_free(m);
     tstate_free(&s);
 }
+
+TEST(hf_io_and_ckpt_stream_tensors_larger_than_one_block) {
+    // Embedding and head of 33000 x 32 = 1.06M elements: more than one row block (CKPT_CHUNK_ELEMS = 1M) in every
+    // streaming path (checkpoint save and load, HF export and import), including a partial last block.
+    ModelConfig mc = tiny();
+    mc.vocab_size = 33000;
+    mc.dim = 32;
+    TState s, got;
+    tstate_create(&s, &mc, params_full_stage(&mc));
+    tstate_fill(&s, 41);
+    ASSERT(params_find(&s.t, "lm_head.weight")->numel > CKPT_CHUNK_ELEMS);
+    CkptOptions o = {.root = tmp_path("ck"), .model = &mc, .keep_last = 1};
+    CkptStage st = tstate_stage(&s, 0, 0);
+    CkptRankState rs = {.step = 1, .rank = 0, .world = 1};
+    ckpt_save(&o, &st, &rs);
+    tstate_create(&got, &mc, params_full_stage(&mc));
+    char path[4400], why[256];
+    ckpt_path(tmp_path("ck"), 1, path, sizeof path);
+    Ckpt *c = ckpt_open(path);
+    CkptStage gst = tstate_stage(&got, 0, 0);
+    ckpt_load_stage(c, &gst);
+    ckpt_close(c);
+    ASSERT_MSG(tstate_subset_equal(&s, &got, why, sizeof why), "checkpoint: %s", why);
+    memset(got.params, 0, (size_t)got.t.total * 4);
+    hf_export_memory(&mc, &s.t, s.be, s.params, s.bias, tmp_path("hf"), &(HfExportOptions){.dtype = HF_F32});
+    import_into(tmp_path("hf"), &got);
+    ASSERT_MSG(tstate_subset_equal(&s, &got, why, sizeof why), "hf: %s", why);
+    tstate_free(&s);
+    tstate_free(&got);
+}

@@ -661,7 +661,7 @@ static void load_tensor(Ckpt *c, int f, const char *group, const ParamInfo *p, c
 void ckpt_load_stage(Ckpt *c, CkptStage *s) {
     const ParamTable *t = s->table;
     index_ensure(c);
-    int64_t chunk = (int64_t)1 << 22, max_cols = 1;
+    int64_t chunk = CKPT_CHUNK_ELEMS, max_cols = 1;
     for (int i = 0; i < t->n; i++) if (t->params[i].ndim == 2 && t->params[i].shape[1] > max_cols)
         max_cols = t->params[i].shape[1];
     void *host = xmalloc((size_t)(chunk > max_cols ? chunk : max_cols) * sizeof(float));

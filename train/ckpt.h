@@ -51,6 +51,10 @@
 
 #define CKPT_MAX_BLOBS 8
 #define CKPT_PATH_MAX 4096
+// Tensors stream between backend memory and files (checkpoints, safetensors) in row blocks of at most this many
+// elements (4 MiB of FP32) through one host buffer: large enough for full disk bandwidth, small enough that a
+// 671B stage never needs a second copy in host memory.
+#define CKPT_CHUNK_ELEMS ((int64_t)1 << 20)
 
 // Opaque per-rank bytes (LoaderState, RNG state, trainer counters). On save `data` is read; on load exactly
 // `size` bytes are written to `data` (a size different from the stored one is an error naming the blob).

@@ -12,7 +12,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#define CHUNK_ELEMS ((int64_t)1 << 22)   // 16 MiB of FP32 per transfer
+#define CHUNK_ELEMS CKPT_CHUNK_ELEMS
 
 // ---- errors ----
 

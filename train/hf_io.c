@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define HF_CHUNK_ELEMS ((int64_t)1 << 22)    // 16 MiB of FP32 per row block
+#define HF_CHUNK_ELEMS CKPT_CHUNK_ELEMS   // row blocks (ckpt.h)
 #define HF_DEFAULT_SHARD 5000000000LL        // 5 GB
 
 // ---- config.json ----

@@ -14,7 +14,7 @@
 // "shape", "data_offsets": [begin, end)}} (offsets relative to the byte after the header, padded with spaces to a
 // multiple of 8), then the raw little-endian tensors back to back, sorted so that 4-byte types come first (aligned).
 //
-// Streaming: both directions move one tensor at a time, in row blocks of at most 16 MiB through one host buffer.
+// Streaming: both directions move one tensor at a time, in row blocks of at most 4 MiB (CKPT_CHUNK_ELEMS) through one host buffer.
 // Export never holds a second copy of the model; import reads only the tensors of the given table (a pipeline stage
 // or an expert slice: each rank imports what it owns) with pread at their offsets, never a whole shard file.
 //

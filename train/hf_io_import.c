@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define HF_CHUNK_ELEMS ((int64_t)1 << 22)
+#define HF_CHUNK_ELEMS CKPT_CHUNK_ELEMS   // row blocks (ckpt.h)
 #define HF_MAX_HEADER ((uint64_t)100 << 20)   // safetensors' own limit is 100 MB
 #define FP8_BLOCK 128
 
