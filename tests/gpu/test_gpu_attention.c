@@ -110,9 +110,10 @@ static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
                           tensor_4d(d_dv, dt, B, T, H, DV), tensor_4d(d_do, dt, B, T, H, DV), tq, tk, tv,
                           tensor_4d(d_o2, dt, B, T, H, DV), tensor_3d(d_l2, DT_F32, B, H, T), scale);
     const double rt = bf ? 1e-2 : 1e-3, at = bf ? 1e-2 : 1e-4;
-    GT_CLOSE("attn dq", gt_host(d_dq, nq, dt), dq, nq, rt, at);
-    GT_CLOSE("attn dk", gt_host(d_dk, nq, dt), dk, nq, rt, at);
-    GT_CLOSE("attn dv", gt_host(d_dv, nv, dt), dv, nv, rt, at);
+    // Inputs are O(1): gradients that cancel to ~0 (T = 1: dq = dk = 0 exactly) keep FP32 noise of O(1) terms.
+    GT_CLOSE_ABS("attn dq", gt_host(d_dq, nq, dt), dq, nq, rt, at, 1e-6);
+    GT_CLOSE_ABS("attn dk", gt_host(d_dk, nq, dt), dk, nq, rt, at, 1e-6);
+    GT_CLOSE_ABS("attn dv", gt_host(d_dv, nv, dt), dv, nv, rt, at, 1e-6);
     G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_out), G->free(d_lse), G->free(d_o2), G->free(d_l2);
     G->free(d_do), G->free(d_dq), G->free(d_dk), G->free(d_dv);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
