@@ -16,13 +16,17 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-        "usage: build/train [--set section.key=value]... CONFIG\n"
+        "usage: build/train [--set section.key=value]... [--resume auto|none|PATH] [--init-from HF_DIR] CONFIG\n"
         "       build/train plan [--set section.key=value]... CONFIG\n"
         "       build/train dump-config [--set section.key=value]... CONFIG\n"
         "       build/train --help-config\n"
         "       build/train --help\n"
         "\n"
         "  CONFIG                  a YAML config (configs/tiny.yaml, configs/v3-671b.yaml, ...)\n"
+        "  --resume auto|none|PATH continue from the newest complete checkpoint of the run (auto, the default: a\n"
+        "                          fresh start when there is none), start fresh (none), or from a given checkpoint\n"
+        "  --init-from HF_DIR      a fresh run starts from a Hugging Face DeepSeek-V3 directory (safetensors in\n"
+        "                          BF16, FP32 or FP8 with 128x128 block scales); ignored when a checkpoint is resumed\n"
         "  --set section.key=value override one key after the file is read (repeatable), e.g.\n"
         "                            --set train.seq_len=2048\n"
         "                            --set 'train.lr={start: 0, phases: [{shape: cosine, until_steps: 100, to: 0}]}'\n"
@@ -33,7 +37,8 @@ static void usage(FILE *out) {
 }
 
 // Collects "--set k=v" (or "--set=k=v") and exactly one CONFIG from argv[first..]. The overrides point into argv.
-static const char *parse_config_args(int argc, char **argv, int first, int *n_sets, char **sets) {
+// When `train` is given, also --resume auto|none|PATH and --init-from DIR (the training entry's options).
+static const char *parse_args(int argc, char **argv, int first, int *n_sets, char **sets, TrainOptions *train) {
     const char *config = NULL;
     *n_sets = 0;
     for (int i = first; i < argc; i++) {
@@ -43,6 +48,10 @@ static const char *parse_config_args(int argc, char **argv, int first, int *n_se
             sets[(*n_sets)++] = argv[++i];
         } else if (strncmp(a, "--set=", 6) == 0) {
             sets[(*n_sets)++] = argv[i] + 6;
+        } else if (train && (strcmp(a, "--resume") == 0 || strcmp(a, "--init-from") == 0)) {
+            if (i + 1 >= argc) die("%s needs an argument (see build/train --help)", a);
+            if (a[2] == 'r') train->resume = argv[++i];
+            else train->init_from = argv[++i];
         } else if (a[0] == '-' && a[1] != 0) {
             die("unknown option %s (see build/train --help)", a);
         } else if (config) {
@@ -53,6 +62,10 @@ static const char *parse_config_args(int argc, char **argv, int first, int *n_se
     }
     if (!config) die("no config file given (see build/train --help)");
     return config;
+}
+
+static const char *parse_config_args(int argc, char **argv, int first, int *n_sets, char **sets) {
+    return parse_args(argc, argv, first, n_sets, sets, NULL);
 }
 
 static int cmd_dump_config(int argc, char **argv) {
@@ -92,7 +105,8 @@ static int launched_world_size(void) {
 static int cmd_train(int argc, char **argv) {
     char **sets = xcalloc((size_t)argc, sizeof *sets);
     int n_sets;
-    const char *path = parse_config_args(argc, argv, 1, &n_sets, sets);
+    TrainOptions topt = {.resume = "auto", .init_from = NULL};
+    const char *path = parse_args(argc, argv, 1, &n_sets, sets, &topt);
     Config cfg;
     config_load(&cfg, path, n_sets, sets);
     int world = launched_world_size();
@@ -104,8 +118,18 @@ static int cmd_train(int argc, char **argv) {
     snprintf(out, sizeof out, "%s/config.yaml", cfg.log.run_dir);
     config_save(&cfg, out);
     log_info("effective config written to %s", out);
+    // The effective config goes into every checkpoint's manifest, so a checkpoint says how it was made.
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem) die("open_memstream failed");
+    config_dump(&cfg, mem);
+    fclose(mem);
+    topt.config_text = text;
+    int rc = trainer_run(&cfg, &topt);
+    free(text);
     free(sets);
-    return trainer_run(&cfg);
+    return rc;
 }
 
 int main(int argc, char **argv) {
