@@ -11,6 +11,8 @@
 #include "train/config.h"
 #include "train/plan.h"
 #include "train/trainer.h"
+#include "train/hf_io.h"
+#include "train/ckpt.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +20,7 @@ static void usage(FILE *out) {
     fprintf(out,
         "usage: build/train [--set section.key=value]... [--resume auto|none|PATH] [--init-from HF_DIR] CONFIG\n"
         "       build/train plan [--set section.key=value]... CONFIG\n"
+        "       build/train export CKPT OUT_DIR [--dtype bf16|fp32] [--max-shard-gb N]\n"
         "       build/train dump-config [--set section.key=value]... CONFIG\n"
         "       build/train --help-config\n"
         "       build/train --help\n"
@@ -32,6 +35,8 @@ static void usage(FILE *out) {
         "                            --set 'train.lr={start: 0, phases: [{shape: cosine, until_steps: 100, to: 0}]}'\n"
         "  plan                    parameters (total / activated), training FLOPs per token and per-GPU memory\n"
         "                          of the config's parallel layout, without allocating the model\n"
+        "  export                  write a checkpoint as a Hugging Face DeepSeek-V3 directory (config.json,\n"
+        "                          model*.safetensors, index), MTP modules and selection biases included\n"
         "  dump-config             print the effective config (file + overrides + defaults) as YAML and exit\n"
         "  --help-config           list every config key with its type, default, allowed values and meaning\n");
 }
@@ -91,6 +96,31 @@ static int cmd_plan(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_export(int argc, char **argv) {
+    if (argc < 4) die("usage: build/train export CKPT OUT_DIR [--dtype bf16|fp32] [--max-shard-gb N]");
+    HfExportOptions o = {.dtype = HF_BF16, .max_shard_bytes = 0};
+    for (int i = 4; i < argc; i++) {
+        if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
+            const char *d = argv[++i];
+            if (strcmp(d, "bf16") == 0) o.dtype = HF_BF16;
+            else if (strcmp(d, "fp32") == 0) o.dtype = HF_F32;
+            else die("export: --dtype %s: expected bf16 or fp32", d);
+        } else if (strcmp(argv[i], "--max-shard-gb") == 0 && i + 1 < argc) {
+            char *end;
+            double gb = strtod(argv[++i], &end);
+            if (*end || !(gb > 0)) die("export: --max-shard-gb %s: expected a positive number", argv[i]);
+            o.max_shard_bytes = (int64_t)(gb * 1e9);
+        } else {
+            die("export: unknown argument %s", argv[i]);
+        }
+    }
+    char why[1024];
+    if (!ckpt_verify(argv[2], why, sizeof why)) die("export: %s is not a complete checkpoint: %s", argv[2], why);
+    hf_export_ckpt(argv[2], argv[3], &o);
+    log_info("exported %s to %s", argv[2], argv[3]);
+    return 0;
+}
+
 // The number of processes the launcher started (mpirun, srun), from the environment, before any MPI call.
 static int launched_world_size(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"};
@@ -139,5 +169,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--help-config") == 0) { config_print_help(stdout); return 0; }
     if (strcmp(cmd, "dump-config") == 0) return cmd_dump_config(argc, argv);
     if (strcmp(cmd, "plan") == 0) return cmd_plan(argc, argv);
+    if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);
     return cmd_train(argc, argv);
 }
