@@ -56,7 +56,7 @@ endif
 GPU_TEST_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/gpu/bench_%.c,$(wildcard tests/gpu/*.c)))
 GPU_BENCH_OBJ := $(BUILD)/obj/tests/gpu/bench_ops_gpu.o
 
-.PHONY: all deps test run test-gpu bench bench-cpu bench-ops-gpu clean
+.PHONY: all deps test run test-gpu bench bench-cpu bench-cpu-attention bench-ops-gpu clean
 all: $(BUILD)/train $(BUILD)/tokenize
 
 $(BUILD)/obj/%.o: %.c $(wildcard */*.h */*/*.h)
@@ -91,6 +91,13 @@ bench-cpu: $(BUILD)/bench_cpu_matmul
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/bench_cpu_matmul
 
 $(BUILD)/bench_cpu_matmul: $(BUILD)/obj/kernels/cpu/bench/bench_cpu_matmul.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# cpu backend attention benchmark: ms and GFLOP/s, forward and backward, tiny.yaml's shape and a larger one.
+bench-cpu-attention: $(BUILD)/bench_cpu_attention
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/bench_cpu_attention
+
+$(BUILD)/bench_cpu_attention: $(BUILD)/obj/kernels/cpu/bench/bench_cpu_attention.o $(LIB_OBJ) $(CU_OBJ)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Installs what is missing; a no-op when everything is there.
