@@ -346,7 +346,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"eval_loss\":%.9g,\"eval_lm_loss\":%.9g}\n", step,
                 n_tokens, ev.total, ev.lm_loss);
     }
-    if (status == 0 && step != last_saved) trainer_save(&ck, step, n_tokens, &counters);
+    if (status == 0 && cfg->checkpoint.at_end && step != last_saved) trainer_save(&ck, step, n_tokens, &counters);
     if (status == 0)
         log_info("done: %ld steps, %.0f tokens in %.1f s (%ld skipped)", step, n_tokens, wall_s() - t_start,
                  (long)counters.nonfinite_total);
