@@ -3,7 +3,7 @@
 #   make deps       install missing Debian packages with apt-get (or print the command to run)
 #   make test       everything that needs no GPU; ends with "N passed, N failed"
 #   make run        train configs/tiny.yaml on the embedded corpus
-#   make test-gpu   CUDA op and step tests (on a GPU machine)
+#   make test-gpu   CUDA op and step tests (on a GPU machine); make bench-ops-gpu: GEMM/attention TFLOP/s
 #   make bench      single-GPU benchmark (configs/bench-1gpu.yaml) and the data loader benchmark
 #   make DEBUG=1    -O0 -g with address and undefined-behaviour sanitizers (build dir build-debug/)
 
@@ -46,13 +46,17 @@ ifneq ($(NVCC),)
 ifneq ($(CU_SRC),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
-  NVCCFLAGS := -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -Xcompiler -Wall,-fPIC $(H5_CFLAGS)
+  NVCCFLAGS := -O3 -std=c++20 -gencode=arch=compute_90a,code=sm_90a -I. -Xcompiler -Wall,-fPIC $(H5_CFLAGS)
   CFLAGS    += -DUSE_CUDA -I$(CUDA_HOME)/include
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl -lstdc++
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lnccl -lstdc++
+  # The GPU test and micro-benchmark programs (tests/gpu/); built with `make test` too, so they cannot rot in CI.
+  GPU_BINS  := $(BUILD)/test_gpu $(BUILD)/bench_ops_gpu
 endif
 endif
+GPU_TEST_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/gpu/bench_%.c,$(wildcard tests/gpu/*.c)))
+GPU_BENCH_OBJ := $(BUILD)/obj/tests/gpu/bench_ops_gpu.o
 
-.PHONY: all deps test run test-gpu bench bench-cpu clean
+.PHONY: all deps test run test-gpu bench bench-cpu bench-ops-gpu clean
 all: $(BUILD)/train $(BUILD)/tokenize
 
 $(BUILD)/obj/%.o: %.c $(wildcard */*.h */*/*.h)
@@ -72,8 +76,15 @@ $(BUILD)/tokenize: $(BUILD)/obj/data/tokenize_main.o $(LIB_OBJ) $(CU_OBJ)
 $(BUILD)/bench_loader: $(BUILD)/obj/data/bench_loader_main.o $(LIB_OBJ) $(CU_OBJ)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests: $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) | $(BUILD)/train $(BUILD)/tokenize
+$(BUILD)/tests: $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) | $(BUILD)/train $(BUILD)/tokenize $(GPU_BINS)
 	$(CC) $(LDFLAGS) $(TEST_OBJ) $(LIB_OBJ) $(CU_OBJ) -o $@ $(LDLIBS)
+
+# GPU tests: every cuda op against the cpu op (tests/gpu/test_*.c, run by the shared runner tests/main.c).
+$(BUILD)/test_gpu: $(GPU_TEST_OBJ) $(BUILD)/obj/tests/main.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_ops_gpu: $(GPU_BENCH_OBJ) $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # cpu backend matmul benchmark: prints GFLOP/s per shape (OMP_NUM_THREADS defaults to 2).
 bench-cpu: $(BUILD)/bench_cpu_matmul
@@ -100,6 +111,24 @@ deps:
 test: deps
 	$(MAKE) --no-print-directory $(BUILD)/tests
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ./$(BUILD)/tests $(T)
+
+# On a GPU machine: the cuda ops against the cpu ops (T=substr picks tests), then the op micro-benchmark.
+test-gpu: deps
+ifeq ($(CU_OBJ),)
+	@echo "test-gpu: no nvcc found, so this build has no CUDA backend"; exit 1
+else
+	$(MAKE) --no-print-directory $(BUILD)/test_gpu $(BUILD)/bench_ops_gpu
+	./$(BUILD)/test_gpu $(T)
+endif
+
+# GEMM and attention TFLOP/s at the bench-1gpu shapes (a benchmark: prints figures, asserts nothing).
+bench-ops-gpu: deps
+ifeq ($(CU_OBJ),)
+	@echo "bench-ops-gpu: no nvcc found, so this build has no CUDA backend"; exit 1
+else
+	$(MAKE) --no-print-directory $(BUILD)/bench_ops_gpu
+	./$(BUILD)/bench_ops_gpu
+endif
 
 run: deps
 	$(MAKE) --no-print-directory all

@@ -14,6 +14,7 @@ static inline ModelConfig test_model_v3(void) {
     m.n_layers = 61; m.n_dense_layers = 3; m.n_heads = 128;
     m.n_routed_experts = 256; m.n_shared_experts = 1; m.n_activated_experts = 8;
     m.n_expert_groups = 8; m.n_limited_groups = 4; m.score_func = SCORE_SIGMOID; m.route_scale = 2.5;
+    m.group_score_topk = 2;
     m.q_lora_rank = 1536; m.kv_lora_rank = 512;
     m.qk_nope_head_dim = 128; m.qk_rope_head_dim = 64; m.v_head_dim = 128;
     m.mtp_depth = 1; m.norm_eps = 1e-6; m.init_std = 0.006; m.rope_theta = 10000;
@@ -27,7 +28,7 @@ static inline ModelConfig test_model_bench(void) {
     m.vocab_size = 32768; m.dim = 1536; m.inter_dim = 4096; m.moe_inter_dim = 512;
     m.n_layers = 12; m.n_dense_layers = 1; m.n_heads = 12;
     m.n_routed_experts = 64; m.n_shared_experts = 1; m.n_activated_experts = 6;
-    m.n_expert_groups = 1; m.n_limited_groups = 1;
+    m.n_expert_groups = 1; m.n_limited_groups = 1; m.group_score_topk = 2;
     m.q_lora_rank = 512; m.kv_lora_rank = 256;
     return m;
 }
@@ -39,7 +40,7 @@ static inline ModelConfig test_model_tiny(void) {
     m.vocab_size = 16; m.dim = 8; m.inter_dim = 16; m.moe_inter_dim = 4;
     m.n_layers = 2; m.n_dense_layers = 1; m.n_heads = 2;
     m.n_routed_experts = 4; m.n_shared_experts = 1; m.n_activated_experts = 2;
-    m.n_expert_groups = 1; m.n_limited_groups = 1;
+    m.n_expert_groups = 1; m.n_limited_groups = 1; m.group_score_topk = 2;
     m.q_lora_rank = 4; m.kv_lora_rank = 4;
     m.qk_nope_head_dim = 2; m.qk_rope_head_dim = 2; m.v_head_dim = 2;
     return m;

@@ -79,6 +79,7 @@ static Config fixture_config(hid_t f, int *B, int *T) {
     m->n_activated_experts = (int)attr_i64(f, "n_activated_experts");
     m->n_expert_groups = (int)attr_i64(f, "n_expert_groups");
     m->n_limited_groups = (int)attr_i64(f, "n_limited_groups");
+    m->group_score_topk = (int)attr_i64(f, "group_score_topk");
     m->route_scale = attr_f64(f, "route_scale");
     m->q_lora_rank = (int)attr_i64(f, "q_lora_rank");
     m->kv_lora_rank = (int)attr_i64(f, "kv_lora_rank");

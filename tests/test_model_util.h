@@ -22,6 +22,7 @@ static inline Config tm_config(void) {
     m->n_layers = 3; m->n_dense_layers = 1; m->n_heads = 2;
     m->n_routed_experts = 8; m->n_shared_experts = 1; m->n_activated_experts = 2;
     m->n_expert_groups = 4; m->n_limited_groups = 2; m->score_func = SCORE_SIGMOID; m->route_scale = 2.5;
+    m->group_score_topk = 2;
     m->q_lora_rank = 8; m->kv_lora_rank = 8;
     m->qk_nope_head_dim = 4; m->qk_rope_head_dim = 4; m->v_head_dim = 4;
     m->mtp_depth = 1; m->norm_eps = 1e-6; m->init_std = 0.2; m->rope_theta = 10000;

@@ -122,7 +122,7 @@ TEST(trainer_bias_balancing_lowers_max_violation) {
     // The same run (same seed, same data) with gamma > 0 and with gamma = 0: the auxiliary-loss-free bias update
     // must leave the experts clearly better balanced at the end.
     char *out;
-    const char *common = "--set train.max_steps=100 --set train.eval_every=0 --set train.balance_alpha=0";
+    const char *common = "--set train.max_steps=80 --set train.eval_every=0 --set train.balance_alpha=0";
     char args[1024];
     snprintf(args, sizeof args, "%s --set train.bias_update_speed=0", common);
     int rc = run_tiny(args, NULL, &out);

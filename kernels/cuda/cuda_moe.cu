@@ -1,0 +1,295 @@
+// MoE token movement on the GPU: the dispatch plan (a stable sort of the N*K (token, slot) pairs by expert: CUB's
+// radix sort is stable, so within an expert the pairs stay in token order), gathering token rows into expert
+// order, and combining expert outputs back into token order with the gates; their backward.
+// Pair p = t * K + k is token t's k-th choice; order[j] = the pair at sorted position j.
+//
+// gather_backward and combine run per token over that token's sorted positions in ascending order (built from the
+// inverse of order), i.e. the cpu op's summation order, with explicitly rounded products: in FP32 they give the
+// cpu's bits exactly. Pairs missing from order contribute nothing (as on the cpu).
+#include "kernels/cuda/cuda_common.cuh"
+
+#include <cub/device/device_radix_sort.cuh>
+
+// keys = expert of each pair (a bad one becomes E, past every real expert, and is reported), vals = pair index.
+__global__ void plan_keys_kernel(int32_t *keys, int32_t *vals, const int32_t *idx, int64_t NK, int E,
+                                 CudaDevError *err) {
+    for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < NK; p += (int64_t)gridDim.x * blockDim.x) {
+        int32_t e = idx[p];
+        if (e < 0 || e >= E) {
+            dev_error(err, ERR_PLAN_IDX, p, e, E);
+            e = E;
+        }
+        keys[p] = e;
+        vals[p] = (int32_t)p;
+    }
+}
+
+// offsets[e] = first sorted position with key >= e, for e in [0, E]: a binary search per expert.
+__global__ void plan_offsets_kernel(int32_t *offsets, const int32_t *keys_sorted, int64_t NK, int E) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e <= E; e += gridDim.x * blockDim.x) {
+        int64_t lo = 0, hi = NK;
+        while (lo < hi) {
+            int64_t mid = (lo + hi) / 2;
+            if (keys_sorted[mid] < e) lo = mid + 1;
+            else hi = mid;
+        }
+        offsets[e] = (int32_t)lo;
+    }
+}
+
+extern "C" void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
+                                       Tensor topk_idx, int n_experts) {
+    const char *op = "moe_dispatch_plan";
+    cpu_need(op, "topk_idx", &topk_idx, DT_I32, 2);
+    cpu_need(op, "order", &order, DT_I32, 1);
+    cpu_need(op, "offsets", &offsets, DT_I32, 1);
+    if (n_experts <= 0) die("%s: n_experts %d must be positive", op, n_experts);
+    if (!offsets_host) die("%s: offsets_host is NULL", op);
+    const int64_t NK = tensor_numel(&topk_idx);
+    if (NK > INT32_MAX) die("%s: %lld routed pairs do not fit 32-bit offsets", op, (long long)NK);
+    cpu_agree(op, "order", &order, order.shape[0], "topk_idx", &topk_idx, NK, "N * K");
+    cpu_expect(op, "offsets", &offsets, offsets.shape[0], (int64_t)n_experts + 1, "length (n_experts + 1)");
+    const int E = n_experts;
+    cudaStream_t s = cuda_stream();
+    int end_bit = 1;
+    while (end_bit < 31 && (1ll << end_bit) <= E) end_bit++; // keys are in [0, E]
+    size_t temp_bytes = 0;
+    if (NK > 0)
+        CUDA_CHECK(cub::DeviceRadixSort::SortPairs(NULL, temp_bytes, (const int32_t *)NULL, (int32_t *)NULL,
+                                                   (const int32_t *)NULL, (int32_t *)NULL, (int)NK, 0, end_bit, s));
+    const size_t arr = cuda_align256((size_t)(NK > 0 ? NK : 1) * sizeof(int32_t));
+    char *scr = (char *)cuda_scratch(3 * arr + cuda_align256(temp_bytes));
+    int32_t *keys = (int32_t *)scr, *keys_sorted = (int32_t *)(scr + arr), *vals = (int32_t *)(scr + 2 * arr);
+    if (NK > 0) {
+        plan_keys_kernel<<<cuda_grid(NK, 256), 256, 0, s>>>(keys, vals, (const int32_t *)topk_idx.data, NK, E,
+                                                            cuda_dev_error());
+        CUDA_LAUNCH_CHECK("plan_keys_kernel");
+        CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scr + 3 * arr, temp_bytes, keys, keys_sorted, vals,
+                                                   (int32_t *)order.data, (int)NK, 0, end_bit, s));
+    }
+    plan_offsets_kernel<<<cuda_grid((int64_t)E + 1, 256), 256, 0, s>>>((int32_t *)offsets.data, keys_sorted, NK, E);
+    CUDA_LAUNCH_CHECK("plan_offsets_kernel");
+    CUDA_CHECK(cudaMemcpyAsync(offsets_host, offsets.data, ((size_t)E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               s));
+    cuda_sync_and_check(); // dies here on a bad expert id, before anyone reads the plan
+    if (counts_host)
+        for (int e = 0; e < E; e++) counts_host[e] += offsets_host[e + 1] - offsets_host[e];
+}
+
+// Checks order's shape; its values are checked on the device (bad entries are reported and skipped).
+static void check_order(const char *op, const Tensor *order, int64_t NK) {
+    cpu_need(op, "order", order, DT_I32, 1);
+    cpu_expect(op, "order", order, order->shape[0], NK, "length (N * K)");
+}
+
+template <typename T>
+__global__ void moe_gather_kernel(T *x_sorted, const T *x, const int32_t *order, int64_t NK, int64_t d, int K,
+                                  CudaDevError *err) {
+    const int64_t n = NK * d;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t j = i / d, c = i % d;
+        int32_t p = order[j];
+        if (p < 0 || p >= NK) {
+            if (c == 0) dev_error(err, ERR_GATHER_ORDER, j, p, NK);
+            continue;
+        }
+        x_sorted[i] = x[(int64_t)(p / K) * d + c];
+    }
+}
+
+// For each token, its pairs' sorted positions in ascending order: slots (N, K), -1 for pairs missing from order.
+// Step 1 inverts order (inv (N*K), preset to -1); step 2 sorts each token's K positions (K is small).
+__global__ void moe_invert_kernel(int32_t *inv, const int32_t *order, int64_t NK, int code, CudaDevError *err) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < NK; j += (int64_t)gridDim.x * blockDim.x) {
+        int32_t p = order[j];
+        if (p < 0 || p >= NK) {
+            dev_error(err, code, j, p, NK);
+            continue;
+        }
+        inv[p] = (int32_t)j;
+    }
+}
+
+__global__ void moe_slots_kernel(int32_t *slots, const int32_t *inv, int64_t N, int K) {
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < N; t += (int64_t)gridDim.x * blockDim.x) {
+        int32_t *st = slots + t * K;
+        for (int k = 0; k < K; k++) { // insertion sort of inv[t*K .. t*K + K) into st
+            int32_t v = inv[t * K + k];
+            int i = k;
+            while (i > 0 && st[i - 1] > v) {
+                st[i] = st[i - 1];
+                i--;
+            }
+            st[i] = v;
+        }
+    }
+}
+
+// Builds slots in scratch (N*K ints; the first N*K ints of scratch are inv). Returns slots.
+static int32_t *moe_build_slots(const Tensor *order, int64_t N, int K, int code) {
+    const int64_t NK = N * K;
+    const size_t arr = cuda_align256((size_t)(NK > 0 ? NK : 1) * sizeof(int32_t));
+    char *scr = (char *)cuda_scratch(2 * arr);
+    int32_t *inv = (int32_t *)scr, *slots = (int32_t *)(scr + arr);
+    cudaStream_t s = cuda_stream();
+    CUDA_CHECK(cudaMemsetAsync(inv, 0xFF, (size_t)NK * sizeof(int32_t), s));
+    moe_invert_kernel<<<cuda_grid(NK, 256), 256, 0, s>>>(inv, (const int32_t *)order->data, NK, code,
+                                                         cuda_dev_error());
+    CUDA_LAUNCH_CHECK("moe_invert_kernel");
+    moe_slots_kernel<<<cuda_grid(N, 128), 128, 0, s>>>(slots, inv, N, K);
+    CUDA_LAUNCH_CHECK("moe_slots_kernel");
+    return slots;
+}
+
+// dx[t] (+)= sum over t's slots (ascending) of dx_sorted[slot]
+template <typename T>
+__global__ void moe_gather_bwd_kernel(T *dx, const T *dx_sorted, const int32_t *slots, int64_t N, int64_t d, int K,
+                                      int accumulate) {
+    const int64_t n = N * d;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / d, c = i % d;
+        float acc = accumulate ? to_f(dx[i]) : 0.0f;
+        for (int k = 0; k < K; k++) {
+            int32_t j = slots[t * K + k];
+            if (j >= 0) acc = __fadd_rn(acc, to_f(dx_sorted[(int64_t)j * d + c]));
+        }
+        dx[i] = from_f<T>(acc);
+    }
+}
+
+// out[t] (+)= sum over t's slots (ascending) of gates[order[slot]] * y_sorted[slot]
+template <typename T>
+__global__ void moe_combine_kernel(T *out, const T *y_sorted, const float *gates, const int32_t *order,
+                                   const int32_t *slots, int64_t N, int64_t d, int K, int accumulate) {
+    const int64_t n = N * d;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / d, c = i % d;
+        float acc = accumulate ? to_f(out[i]) : 0.0f;
+        for (int k = 0; k < K; k++) {
+            int32_t j = slots[t * K + k];
+            if (j >= 0) acc = __fadd_rn(acc, __fmul_rn(gates[order[j]], to_f(y_sorted[(int64_t)j * d + c])));
+        }
+        out[i] = from_f<T>(acc);
+    }
+}
+
+// One warp per sorted row j: dy[j] = gate * dout[token];  dgates[pair] = <dout[token], y[j]>.
+template <typename T>
+__global__ void moe_combine_bwd_kernel(T *dy_sorted, float *dgates, const T *dout, const T *y_sorted,
+                                       const float *gates, const int32_t *order, int64_t NK, int64_t d, int K,
+                                       CudaDevError *err) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t j = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; j < NK;
+         j += ((int64_t)gridDim.x * blockDim.x) >> 5) {
+        const int32_t p = order[j];
+        if (p < 0 || p >= NK) {
+            if (lane == 0) dev_error(err, ERR_COMBINE_BWD_ORDER, j, p, NK);
+            continue;
+        }
+        const T *g = dout + (int64_t)(p / K) * d, *y = y_sorted + j * d;
+        T *dy = dy_sorted + j * d;
+        const float gate = gates[p];
+        float acc = 0.0f;
+        for (int64_t c = lane; c < d; c += 32) {
+            float gc = to_f(g[c]);
+            dy[c] = from_f<T>(gate * gc);
+            acc += gc * to_f(y[c]);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) dgates[p] = acc;
+    }
+}
+
+extern "C" void cuda_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top_k) {
+    const char *op = "moe_gather";
+    cuda_need_float(op, "x_sorted", &x_sorted, 2);
+    cuda_need_float(op, "x", &x, 2);
+    cuda_same_dtype(op, "x_sorted", &x_sorted, "x", &x);
+    if (top_k <= 0) die("%s: top_k %d must be positive", op, top_k);
+    const int64_t N = x.shape[0], d = x.shape[1], NK = N * top_k;
+    cpu_agree(op, "x_sorted", &x_sorted, x_sorted.shape[1], "x", &x, d, "d");
+    cpu_expect(op, "x_sorted", &x_sorted, x_sorted.shape[0], NK, "rows (N * top_k)");
+    check_order(op, &order, NK);
+    if (NK == 0 || d == 0) return;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(x.dtype, T, {
+        moe_gather_kernel<T><<<cuda_grid(NK * d, 256), 256, 0, s>>>((T *)x_sorted.data, (const T *)x.data,
+                                                                    (const int32_t *)order.data, NK, d, top_k,
+                                                                    cuda_dev_error());
+    });
+    CUDA_LAUNCH_CHECK("moe_gather_kernel");
+}
+
+extern "C" void cuda_moe_gather_backward(Tensor dx, Tensor dx_sorted, Tensor order, int top_k, int accumulate) {
+    const char *op = "moe_gather_backward";
+    cuda_need_float(op, "dx", &dx, 2);
+    cuda_need_float(op, "dx_sorted", &dx_sorted, 2);
+    cuda_same_dtype(op, "dx", &dx, "dx_sorted", &dx_sorted);
+    if (top_k <= 0) die("%s: top_k %d must be positive", op, top_k);
+    const int64_t N = dx.shape[0], d = dx.shape[1], NK = N * top_k;
+    cpu_agree(op, "dx_sorted", &dx_sorted, dx_sorted.shape[1], "dx", &dx, d, "d");
+    cpu_expect(op, "dx_sorted", &dx_sorted, dx_sorted.shape[0], NK, "rows (N * top_k)");
+    check_order(op, &order, NK);
+    if (N == 0 || d == 0) return;
+    const int32_t *slots = moe_build_slots(&order, N, top_k, ERR_GATHER_BWD_ORDER);
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(dx.dtype, T, {
+        moe_gather_bwd_kernel<T><<<cuda_grid(N * d, 256), 256, 0, s>>>((T *)dx.data, (const T *)dx_sorted.data, slots,
+                                                                       N, d, top_k, accumulate);
+    });
+    CUDA_LAUNCH_CHECK("moe_gather_bwd_kernel");
+}
+
+extern "C" void cuda_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, int accumulate) {
+    const char *op = "moe_combine";
+    cuda_need_float(op, "out", &out, 2);
+    cuda_need_float(op, "y_sorted", &y_sorted, 2);
+    cpu_need(op, "gates", &gates, DT_F32, 2);
+    cuda_same_dtype(op, "out", &out, "y_sorted", &y_sorted);
+    const int64_t N = out.shape[0], d = out.shape[1], K = gates.shape[1], NK = N * K;
+    cpu_agree(op, "gates", &gates, gates.shape[0], "out", &out, N, "N");
+    cpu_agree(op, "y_sorted", &y_sorted, y_sorted.shape[1], "out", &out, d, "d");
+    cpu_expect(op, "y_sorted", &y_sorted, y_sorted.shape[0], NK, "rows (N * top_k)");
+    check_order(op, &order, NK);
+    if (N == 0 || d == 0) return;
+    if (K <= 0 || K > INT32_MAX) die("%s: gates have %lld columns", op, (long long)K);
+    const int32_t *slots = moe_build_slots(&order, N, (int)K, ERR_COMBINE_ORDER);
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(out.dtype, T, {
+        moe_combine_kernel<T><<<cuda_grid(N * d, 256), 256, 0, s>>>((T *)out.data, (const T *)y_sorted.data,
+                                                                    (const float *)gates.data,
+                                                                    (const int32_t *)order.data, slots, N, d, (int)K,
+                                                                    accumulate);
+    });
+    CUDA_LAUNCH_CHECK("moe_combine_kernel");
+}
+
+extern "C" void cuda_moe_combine_backward(Tensor dy_sorted, Tensor dgates, Tensor dout, Tensor y_sorted, Tensor gates,
+                                          Tensor order) {
+    const char *op = "moe_combine_backward";
+    cuda_need_float(op, "dy_sorted", &dy_sorted, 2);
+    cpu_need(op, "dgates", &dgates, DT_F32, 2);
+    cuda_need_float(op, "dout", &dout, 2);
+    cuda_need_float(op, "y_sorted", &y_sorted, 2);
+    cpu_need(op, "gates", &gates, DT_F32, 2);
+    cuda_same_dtype(op, "dy_sorted", &dy_sorted, "dout", &dout);
+    cuda_same_dtype(op, "y_sorted", &y_sorted, "dout", &dout);
+    const int64_t N = dout.shape[0], d = dout.shape[1], K = gates.shape[1], NK = N * K;
+    cpu_agree(op, "gates", &gates, gates.shape[0], "dout", &dout, N, "N");
+    cpu_agree(op, "dgates", &dgates, dgates.shape[0], "gates", &gates, N, "N");
+    cpu_agree(op, "dgates", &dgates, dgates.shape[1], "gates", &gates, K, "K");
+    cpu_agree(op, "y_sorted", &y_sorted, y_sorted.shape[1], "dout", &dout, d, "d");
+    cpu_expect(op, "y_sorted", &y_sorted, y_sorted.shape[0], NK, "rows (N * top_k)");
+    cpu_agree(op, "dy_sorted", &dy_sorted, dy_sorted.shape[1], "dout", &dout, d, "d");
+    cpu_expect(op, "dy_sorted", &dy_sorted, dy_sorted.shape[0], NK, "rows (N * top_k)");
+    check_order(op, &order, NK);
+    if (NK == 0) return;
+    if (K > INT32_MAX) die("%s: gates have %lld columns", op, (long long)K);
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(dout.dtype, T, {
+        moe_combine_bwd_kernel<T><<<cuda_grid(NK * 32, 256), 256, 0, s>>>(
+            (T *)dy_sorted.data, (float *)dgates.data, (const T *)dout.data, (const T *)y_sorted.data,
+            (const float *)gates.data, (const int32_t *)order.data, NK, d, (int)K, cuda_dev_error());
+    });
+    CUDA_LAUNCH_CHECK("moe_combine_bwd_kernel");
+}

@@ -1,0 +1,149 @@
+// MLA's data movement on the GPU: RoPE on the rope part of each head (interleaved pairs), and the assembly of
+// per-head keys and values from the up-projected [k_nope ; v] and the single shared rope key, with its backward.
+// Tensors of one op share a dtype (F32 or BF16). The rotation uses explicitly rounded products and sums, so in FP32
+// it gives the cpu op's bits exactly; so do the copies and the head sum of dk_rope (summed in head order).
+#include "kernels/cuda/cuda_common.cuh"
+
+enum { ROPE_THREADS = 256 };
+
+// x (N, H, stride): pair i of head h of token n rotates by the angle of position n % T.
+template <typename T>
+__global__ void rope_kernel(T *x, int64_t N, int64_t H, int64_t stride, int64_t col, int64_t half, const float *cosv,
+                            const float *sinv, int T_, float sign) {
+    const int64_t n_pairs = N * H * half;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_pairs;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t p = i % half, nh = i / half, n = nh / H;
+        T *q = x + nh * stride + col + 2 * p;
+        float x0 = to_f(q[0]), x1 = to_f(q[1]);
+        float c = cosv[(n % T_) * half + p], s = sign * sinv[(n % T_) * half + p];
+        q[0] = from_f<T>(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
+        q[1] = from_f<T>(__fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c)));
+    }
+}
+
+extern "C" void cuda_rope_apply(Tensor x, int64_t col, int64_t rope_dim, Tensor cos, Tensor sin, int T, int inverse) {
+    const char *op = "rope_apply";
+    cuda_need_float(op, "x", &x, 0);
+    cpu_need(op, "cos", &cos, DT_F32, 2);
+    cpu_need(op, "sin", &sin, DT_F32, 2);
+    int64_t stride = cpu_cols(&x), H = x.ndim >= 3 ? x.shape[x.ndim - 2] : 1;
+    int64_t N = tensor_numel(&x) / (stride * H > 0 ? stride * H : 1);
+    int64_t half = rope_dim / 2;
+    if (rope_dim <= 0 || rope_dim % 2) die("%s: rope_dim %lld must be positive and even", op, (long long)rope_dim);
+    if (col < 0 || col + rope_dim > stride)
+        die("%s: rope columns [%lld, %lld) do not fit a head of %lld", op, (long long)col, (long long)(col + rope_dim),
+            (long long)stride);
+    if (T <= 0 || N % T) die("%s: %lld tokens are not a whole number of sequences of T = %d", op, (long long)N, T);
+    cpu_agree(op, "cos", &cos, cos.shape[1], "sin", &sin, sin.shape[1], "columns");
+    cpu_agree(op, "cos", &cos, cos.shape[0], "sin", &sin, sin.shape[0], "rows");
+    cpu_expect(op, "cos", &cos, cos.shape[1], half, "columns (rope_dim / 2)");
+    if (cos.shape[0] < T)
+        die("%s: cos/sin tables have %lld positions, fewer than T = %d", op, (long long)cos.shape[0], T);
+    if (N == 0) return;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(x.dtype, TT, {
+        rope_kernel<TT><<<cuda_grid(N * H * half, ROPE_THREADS), ROPE_THREADS, 0, s>>>(
+            (TT *)x.data, N, H, stride, col, half, (const float *)cos.data, (const float *)sin.data, T,
+            inverse ? -1.0f : 1.0f);
+    });
+    CUDA_LAUNCH_CHECK("rope_kernel");
+}
+
+// Checks k (N, H, nope + rope), v (N, H, dv), kv (N, H * (nope + dv)), k_rope (N, rope) as the cpu op does; a
+// leading (B, T) pair in place of N is accepted for k and v. Returns N and H.
+static void kv_shapes(const char *op, const Tensor *k, const Tensor *v, const Tensor *kv, const Tensor *kr, int nope,
+                      int rope, int dv, int64_t *N_out, int64_t *H_out) {
+    if (nope < 0 || rope < 0 || dv <= 0 || nope + rope <= 0)
+        die("%s: bad head dimensions nope %d, rope %d, dv %d", op, nope, rope, dv);
+    if (k->ndim < 3) die("%s: k must be (N, H, nope + rope), got %d dimensions", op, k->ndim);
+    int64_t H = k->shape[k->ndim - 2], N = cpu_rows(k) / (H ? H : 1);
+    cpu_expect(op, "k", k, cpu_cols(k), nope + rope, "head dim (nope + rope)");
+    if (v->ndim < 3) die("%s: v must be (N, H, dv), got %d dimensions", op, v->ndim);
+    cpu_expect(op, "v", v, cpu_cols(v), dv, "head dim (dv)");
+    cpu_agree(op, "v", v, v->shape[v->ndim - 2], "k", k, H, "H");
+    cpu_agree(op, "v", v, cpu_rows(v) / (H ? H : 1), "k", k, N, "N");
+    cpu_expect(op, "kv", kv, cpu_cols(kv), H * (nope + dv), "columns (H * (nope + dv))");
+    cpu_agree(op, "kv", kv, cpu_rows(kv), "k", k, N, "N");
+    cpu_expect(op, "k_rope", kr, cpu_cols(kr), rope, "columns (rope)");
+    cpu_agree(op, "k_rope", kr, cpu_rows(kr), "k", k, N, "N");
+    *N_out = N;
+    *H_out = H;
+}
+
+// One thread per output element of k (N, H, dk) followed by v (N, H, dv).
+template <typename T>
+__global__ void kv_assemble_kernel(T *k, T *v, const T *kv, const T *k_rope, int64_t N, int64_t H, int nope, int rope,
+                                   int dv) {
+    const int64_t dk = nope + rope, dkv = nope + dv, nk = N * H * dk, total = nk + N * H * dv;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        if (i < nk) {
+            int64_t j = i % dk, nh = i / dk;
+            k[i] = j < nope ? kv[nh * dkv + j] : k_rope[(nh / H) * rope + (j - nope)];
+        } else {
+            int64_t i2 = i - nk, j = i2 % dv, nh = i2 / dv;
+            v[i2] = kv[nh * dkv + nope + j];
+        }
+    }
+}
+
+// dkv (N, H*(nope+dv)) from dk's nope part and dv; then dk_rope (N, rope) = sum over heads, in head order.
+template <typename T>
+__global__ void kv_assemble_bwd_kernel(T *dkv, T *dk_rope, const T *dk, const T *dv, int64_t N, int64_t H, int nope,
+                                       int rope, int dvd) {
+    const int64_t dkd = nope + rope, dkvd = nope + dvd, n1 = N * H * dkvd, total = n1 + N * rope;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        if (i < n1) {
+            int64_t j = i % dkvd, nh = i / dkvd;
+            dkv[i] = j < nope ? dk[nh * dkd + j] : dv[nh * dvd + (j - nope)];
+        } else {
+            int64_t i2 = i - n1, j = i2 % rope, n = i2 / rope;
+            float acc = 0.0f;
+            for (int64_t h = 0; h < H; h++) acc = __fadd_rn(acc, to_f(dk[(n * H + h) * dkd + nope + j]));
+            dk_rope[i2] = from_f<T>(acc);
+        }
+    }
+}
+
+extern "C" void cuda_mla_kv_assemble(Tensor k, Tensor v, Tensor kv, Tensor k_rope, int nope, int rope, int dv) {
+    const char *op = "mla_kv_assemble";
+    cuda_need_float(op, "k", &k, 0);
+    cuda_need_float(op, "v", &v, 0);
+    cuda_need_float(op, "kv", &kv, 0);
+    cuda_need_float(op, "k_rope", &k_rope, 0);
+    cuda_same_dtype(op, "k", &k, "kv", &kv);
+    cuda_same_dtype(op, "v", &v, "kv", &kv);
+    cuda_same_dtype(op, "k_rope", &k_rope, "kv", &kv);
+    int64_t N, H;
+    kv_shapes(op, &k, &v, &kv, &k_rope, nope, rope, dv, &N, &H);
+    int64_t total = N * H * (nope + rope + dv);
+    if (total == 0) return;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(kv.dtype, T, {
+        kv_assemble_kernel<T><<<cuda_grid(total, 256), 256, 0, s>>>((T *)k.data, (T *)v.data, (const T *)kv.data,
+                                                                    (const T *)k_rope.data, N, H, nope, rope, dv);
+    });
+    CUDA_LAUNCH_CHECK("kv_assemble_kernel");
+}
+
+extern "C" void cuda_mla_kv_assemble_backward(Tensor dkv, Tensor dk_rope, Tensor dk, Tensor dv, int nope, int rope,
+                                              int dv_dim) {
+    const char *op = "mla_kv_assemble_backward";
+    cuda_need_float(op, "dkv", &dkv, 0);
+    cuda_need_float(op, "dk_rope", &dk_rope, 0);
+    cuda_need_float(op, "dk", &dk, 0);
+    cuda_need_float(op, "dv", &dv, 0);
+    cuda_same_dtype(op, "dk", &dk, "dkv", &dkv);
+    cuda_same_dtype(op, "dv", &dv, "dkv", &dkv);
+    cuda_same_dtype(op, "dk_rope", &dk_rope, "dkv", &dkv);
+    int64_t N, H;
+    kv_shapes(op, &dk, &dv, &dkv, &dk_rope, nope, rope, dv_dim, &N, &H);
+    int64_t total = N * H * (nope + dv_dim) + N * rope;
+    if (total == 0) return;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(dkv.dtype, T, {
+        kv_assemble_bwd_kernel<T><<<cuda_grid(total, 256), 256, 0, s>>>(
+            (T *)dkv.data, (T *)dk_rope.data, (const T *)dk.data, (const T *)dv.data, N, H, nope, rope, dv_dim);
+    });
+    CUDA_LAUNCH_CHECK("kv_assemble_bwd_kernel");
+}

@@ -1,0 +1,153 @@
+// cuda vs cpu: MLA's RoPE and key/value assembly (bit for bit in FP32: the same operations in the same order), and
+// causal flash attention forward and backward at several shapes: single tokens, tiles that end mid-way (T = 65,
+// 130, 200), odd head dims, and the bench-1gpu shape (T 4096, 12 heads, qk 192, v 128), in FP32 and BF16.
+//
+// Attention tolerances: the GPU kernel sums scores and outputs tile by tile with an online softmax (rescaled
+// partial sums) and its own expf, the cpu in one pass per row; both in FP32. Forward outputs are convex
+// combinations of v rows: rtol 1e-4 plus 1e-5 of the largest. The gradients are sums of up to T terms that
+// include the cancellation dp - D: rtol 1e-3 plus 1e-4 of the largest |gradient| (FP32 error grows ~sqrt(T)). BF16
+// tensors (inputs rounded on both sides, FP32 math inside) add one output rounding: rtol 1e-2 plus 1e-2 of the max.
+#include "tests/gpu/gpu_testutil.h"
+
+static void rand_tables(float *cs, float *sn, int T, int half) {
+    for (int i = 0; i < T * half; i++) {
+        double a = 3.14159265 * ops_rng_unit() * (1 + i % 7);
+        cs[i] = (float)cos(a);
+        sn[i] = (float)sin(a);
+    }
+}
+
+TEST(gpu_rope_exact) {
+    gt_init(31);
+    // q-like x (N, H, stride) with the rope part at columns [8, 24); then a 2-D k_rope (N, 64), rope over all columns
+    const int T = 5, N = 2 * T, H = 3, stride = 40;
+    float cs[5 * 8], sn[5 * 8], cs2[5 * 32], sn2[5 * 32];
+    rand_tables(cs, sn, T, 8);
+    rand_tables(cs2, sn2, T, 32);
+    void *d_cs = gt_dev(cs, T * 8, DT_F32), *d_sn = gt_dev(sn, T * 8, DT_F32);
+    void *d_cs2 = gt_dev(cs2, T * 32, DT_F32), *d_sn2 = gt_dev(sn2, T * 32, DT_F32);
+    float *x = ops_rand(N * H * stride, 2.0f);
+    float *xb = gt_round_bf16(x, N * H * stride); // BF16 copy, taken before the FP32 rotations
+    void *d_x = gt_dev(x, N * H * stride, DT_F32), *d_xb = gt_dev(xb, N * H * stride, DT_BF16);
+    Tensor c_cs = tensor_2d(cs, DT_F32, T, 8), c_sn = tensor_2d(sn, DT_F32, T, 8);
+    Tensor g_cs = tensor_2d(d_cs, DT_F32, T, 8), g_sn = tensor_2d(d_sn, DT_F32, T, 8);
+    for (int inv = 0; inv <= 1; inv++) {
+        C->rope_apply(tensor_3d(x, DT_F32, N, H, stride), 8, 16, c_cs, c_sn, T, inv);
+        G->rope_apply(tensor_3d(d_x, DT_F32, N, H, stride), 8, 16, g_cs, g_sn, T, inv);
+        GT_EXACT(inv ? "rope inverse" : "rope", gt_host(d_x, N * H * stride, DT_F32), x, N * H * stride);
+    }
+    float *kr = ops_rand(N * 64, 1.0f);
+    void *d_kr = gt_dev(kr, N * 64, DT_F32);
+    C->rope_apply(tensor_2d(kr, DT_F32, N, 64), 0, 64, tensor_2d(cs2, DT_F32, T, 32), tensor_2d(sn2, DT_F32, T, 32),
+                  T, 0);
+    G->rope_apply(tensor_2d(d_kr, DT_F32, N, 64), 0, 64, tensor_2d(d_cs2, DT_F32, T, 32),
+                  tensor_2d(d_sn2, DT_F32, T, 32), T, 0);
+    GT_EXACT("rope 2-d", gt_host(d_kr, N * 64, DT_F32), kr, N * 64);
+    // BF16 activations: rotated in FP32, rounded once
+    C->rope_apply(tensor_3d(xb, DT_F32, N, H, stride), 8, 16, c_cs, c_sn, T, 0);
+    G->rope_apply(tensor_3d(d_xb, DT_BF16, N, H, stride), 8, 16, g_cs, g_sn, T, 0);
+    GT_CLOSE("rope bf16", gt_host(d_xb, N * H * stride, DT_BF16), xb, N * H * stride, 1e-2, 1e-2);
+}
+
+TEST(gpu_mla_kv_assemble_exact) {
+    gt_init(32);
+    const int B = 2, T = 19, N = B * T, H = 4, nope = 16, rope = 8, dv = 12;
+    float *kv = ops_rand(N * H * (nope + dv), 1.0f), *kr = ops_rand(N * rope, 1.0f);
+    float *k = malloc(sizeof(float) * N * H * (nope + rope)), *v = malloc(sizeof(float) * N * H * dv);
+    C->mla_kv_assemble(tensor_4d(k, DT_F32, B, T, H, nope + rope), tensor_4d(v, DT_F32, B, T, H, dv),
+                       tensor_2d(kv, DT_F32, N, H * (nope + dv)), tensor_2d(kr, DT_F32, N, rope), nope, rope, dv);
+    void *d_kv = gt_dev(kv, N * H * (nope + dv), DT_F32), *d_kr = gt_dev(kr, N * rope, DT_F32);
+    void *d_k = gt_dev_poison(N * H * (nope + rope), DT_F32), *d_v = gt_dev_poison(N * H * dv, DT_F32);
+    G->mla_kv_assemble(tensor_4d(d_k, DT_F32, B, T, H, nope + rope), tensor_4d(d_v, DT_F32, B, T, H, dv),
+                       tensor_2d(d_kv, DT_F32, N, H * (nope + dv)), tensor_2d(d_kr, DT_F32, N, rope), nope, rope, dv);
+    GT_EXACT("kv_assemble k", gt_host(d_k, N * H * (nope + rope), DT_F32), k, N * H * (nope + rope));
+    GT_EXACT("kv_assemble v", gt_host(d_v, N * H * dv, DT_F32), v, N * H * dv);
+    float *gk = ops_rand(N * H * (nope + rope), 1.0f), *gv = ops_rand(N * H * dv, 1.0f);
+    float *dkv = malloc(sizeof(float) * N * H * (nope + dv)), *dkr = malloc(sizeof(float) * N * rope);
+    C->mla_kv_assemble_backward(tensor_2d(dkv, DT_F32, N, H * (nope + dv)), tensor_2d(dkr, DT_F32, N, rope),
+                                tensor_3d(gk, DT_F32, N, H, nope + rope), tensor_3d(gv, DT_F32, N, H, dv), nope, rope,
+                                dv);
+    void *d_gk = gt_dev(gk, N * H * (nope + rope), DT_F32), *d_gv = gt_dev(gv, N * H * dv, DT_F32);
+    void *d_dkv = gt_dev_poison(N * H * (nope + dv), DT_F32), *d_dkr = gt_dev_poison(N * rope, DT_F32);
+    G->mla_kv_assemble_backward(tensor_2d(d_dkv, DT_F32, N, H * (nope + dv)), tensor_2d(d_dkr, DT_F32, N, rope),
+                                tensor_3d(d_gk, DT_F32, N, H, nope + rope), tensor_3d(d_gv, DT_F32, N, H, dv), nope,
+                                rope, dv);
+    GT_EXACT("kv_assemble_bwd dkv", gt_host(d_dkv, N * H * (nope + dv), DT_F32), dkv, N * H * (nope + dv));
+    GT_EXACT("kv_assemble_bwd dk_rope (head sum)", gt_host(d_dkr, N * rope, DT_F32), dkr, N * rope);
+}
+
+// Forward and backward of one shape; the backward of both backends starts from the cpu's out and lse, so both
+// differentiate the same forward.
+static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
+    const int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV, nl = (int64_t)B * H * T;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *q = ops_rand(nq, 2.0f), *k = ops_rand(nq, 2.0f), *v = ops_rand(nv, 1.0f), *dout = ops_rand(nv, 1.0f);
+    if (dt == DT_BF16) q = gt_round_bf16(q, nq), k = gt_round_bf16(k, nq), v = gt_round_bf16(v, nv), dout = gt_round_bf16(dout, nv);
+    float *out = malloc(sizeof(float) * nv), *lse = malloc(sizeof(float) * nl);
+    C->attention_forward(tensor_4d(out, DT_F32, B, T, H, DV), tensor_3d(lse, DT_F32, B, H, T),
+                         tensor_4d(q, DT_F32, B, T, H, D), tensor_4d(k, DT_F32, B, T, H, D),
+                         tensor_4d(v, DT_F32, B, T, H, DV), scale);
+    void *d_q = gt_dev(q, nq, dt), *d_k = gt_dev(k, nq, dt), *d_v = gt_dev(v, nv, dt);
+    void *d_out = gt_dev_poison(nv, dt), *d_lse = gt_dev_poison(nl, DT_F32);
+    Tensor tq = tensor_4d(d_q, dt, B, T, H, D), tk = tensor_4d(d_k, dt, B, T, H, D), tv = tensor_4d(d_v, dt, B, T, H, DV);
+    G->attention_forward(tensor_4d(d_out, dt, B, T, H, DV), tensor_3d(d_lse, DT_F32, B, H, T), tq, tk, tv, scale);
+    const int bf = dt == DT_BF16;
+    char what[160];
+    snprintf(what, sizeof what, "attn B%d T%d H%d D%d DV%d %s out", B, T, H, D, DV, bf ? "bf16" : "f32");
+    GT_CLOSE(what, gt_host(d_out, nv, dt), out, nv, bf ? 1e-2 : 1e-4, bf ? 1e-2 : 1e-5);
+    GT_CLOSE("attn lse", gt_host(d_lse, nl, DT_F32), lse, nl, 1e-5, 1e-6);
+
+    float *outr = bf ? gt_round_bf16(out, nv) : out; // what a BF16 forward would have stored
+    float *dq = malloc(sizeof(float) * nq), *dk = malloc(sizeof(float) * nq), *dv = malloc(sizeof(float) * nv);
+    C->attention_backward(tensor_4d(dq, DT_F32, B, T, H, D), tensor_4d(dk, DT_F32, B, T, H, D),
+                          tensor_4d(dv, DT_F32, B, T, H, DV), tensor_4d(dout, DT_F32, B, T, H, DV),
+                          tensor_4d(q, DT_F32, B, T, H, D), tensor_4d(k, DT_F32, B, T, H, D),
+                          tensor_4d(v, DT_F32, B, T, H, DV), tensor_4d(outr, DT_F32, B, T, H, DV),
+                          tensor_3d(lse, DT_F32, B, H, T), scale);
+    void *d_o2 = gt_dev(outr, nv, dt), *d_l2 = gt_dev(lse, nl, DT_F32), *d_do = gt_dev(dout, nv, dt);
+    void *d_dq = gt_dev_poison(nq, dt), *d_dk = gt_dev_poison(nq, dt), *d_dv = gt_dev_poison(nv, dt);
+    G->attention_backward(tensor_4d(d_dq, dt, B, T, H, D), tensor_4d(d_dk, dt, B, T, H, D),
+                          tensor_4d(d_dv, dt, B, T, H, DV), tensor_4d(d_do, dt, B, T, H, DV), tq, tk, tv,
+                          tensor_4d(d_o2, dt, B, T, H, DV), tensor_3d(d_l2, DT_F32, B, H, T), scale);
+    const double rt = bf ? 1e-2 : 1e-3, at = bf ? 1e-2 : 1e-4;
+    GT_CLOSE("attn dq", gt_host(d_dq, nq, dt), dq, nq, rt, at);
+    GT_CLOSE("attn dk", gt_host(d_dk, nq, dt), dk, nq, rt, at);
+    GT_CLOSE("attn dv", gt_host(d_dv, nv, dt), dv, nv, rt, at);
+    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_out), G->free(d_lse), G->free(d_o2), G->free(d_l2);
+    G->free(d_do), G->free(d_dq), G->free(d_dk), G->free(d_dv);
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    if (bf) free(outr);
+}
+
+TEST(gpu_attention_small_shapes) {
+    gt_init(33);
+    check_attention(2, 1, 1, 8, 8, DT_F32);     // one token: p = 1
+    check_attention(3, 64, 2, 64, 64, DT_F32);  // exactly one tile
+    check_attention(2, 65, 3, 24, 16, DT_F32);  // a second tile of one row
+    check_attention(1, 130, 2, 192, 128, DT_F32); // MLA head dims, three tiles
+    check_attention(1, 200, 2, 33, 7, DT_F32);  // odd head dims
+}
+
+TEST(gpu_attention_bench_shape) {
+    gt_init(34);
+    check_attention(1, 4096, 12, 192, 128, DT_F32);
+}
+
+TEST(gpu_attention_bf16) {
+    gt_init(35);
+    check_attention(2, 300, 4, 192, 128, DT_BF16);
+    check_attention(1, 77, 2, 40, 24, DT_BF16);
+}
+
+static void bad_head_dim(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    void *q = g->alloc(256 * 4), *v = g->alloc(128 * 4), *o = g->alloc(128 * 4), *l = g->alloc(4);
+    g->attention_forward(tensor_4d(o, DT_F32, 1, 1, 1, 128), tensor_3d(l, DT_F32, 1, 1, 1),
+                         tensor_4d(q, DT_F32, 1, 1, 1, 256), tensor_4d(q, DT_F32, 1, 1, 1, 256),
+                         tensor_4d(v, DT_F32, 1, 1, 1, 128), 1.0f);
+}
+
+TEST(gpu_attention_rejects_head_dim_over_192) {
+    EXPECT_DIE(bad_head_dim, NULL, "attention_forward: head dims q/k 256 and v 128: this kernel supports 1..192");
+}
