@@ -137,9 +137,11 @@ else
 	./$(BUILD)/bench_ops_gpu
 endif
 
+# Trains the tiny model (resuming if runs/tiny has a checkpoint), then samples from it.
 run: deps
 	$(MAKE) --no-print-directory all
 	./$(BUILD)/train configs/tiny.yaml
+	./$(BUILD)/train sample runs/tiny --prompt "HACKER, n. " --tokens 300 --temperature 0.8 --top-p 0.95 --seed 1
 
 clean:
 	rm -rf build build-debug

@@ -203,3 +203,30 @@ TEST(sigkill_at_random_moments_never_loses_a_checkpoint) {
     fprintf(stderr, "    %d of %d trials resumed from a checkpoint written before the kill\n", resumed_mid, TRIALS);
     ASSERT(resumed_mid >= TRIALS / 4);   // the kills were not all before the first checkpoint
 }
+
+TEST(sample_and_export_from_a_trained_run) {
+    char run[PATH_MAX], cmd[PATH_MAX * 2 + 256], hf[PATH_MAX], *out;
+    snprintf(run, sizeof run, "%s/run", test_tmpdir());
+    ASSERT_EQ_INT(train_cmd(run, 2, NULL, &out), 0);
+    // A run directory stands for its newest checkpoint; greedy output is deterministic: two calls agree.
+    snprintf(cmd, sizeof cmd, "%s sample %s --prompt 'The ' --tokens 12 2>/dev/null", test_bin("train"), run);
+    char *a, *b;
+    ASSERT_EQ_INT(test_run(cmd, &a), 0);
+    ASSERT_EQ_INT(test_run(cmd, &b), 0);
+    ASSERT_MSG(strncmp(a, "The ", 4) == 0, "sample output does not start with the prompt: %s", a);
+    ASSERT_EQ_STR(a, b);
+    snprintf(cmd, sizeof cmd, "%s sample %s --temperature -1", test_bin("train"), run);
+    ASSERT_EQ_INT(test_run(cmd, &out), 1);
+    ASSERT_CONTAINS(out, "temperature");
+    // Export of the same run's checkpoint: a Hugging Face directory with config.json and one safetensors file.
+    snprintf(hf, sizeof hf, "%s/hf", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s export %s/checkpoints/step-000000002 %s --dtype fp32", test_bin("train"), run, hf);
+    ASSERT_EQ_INT(test_run(cmd, &out), 0);
+    snprintf(cmd, sizeof cmd, "ls %s", hf);
+    ASSERT_EQ_INT(test_run(cmd, &out), 0);
+    ASSERT_EQ_STR(out, "config.json\nmodel.safetensors\n");
+    // A checkpoint path that is not one: a clear error.
+    snprintf(cmd, sizeof cmd, "%s export %s/nope %s/hf2", test_bin("train"), run, test_tmpdir());
+    ASSERT_EQ_INT(test_run(cmd, &out), 1);
+    ASSERT_CONTAINS(out, "is not a complete checkpoint");
+}

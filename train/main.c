@@ -13,6 +13,11 @@
 #include "train/trainer.h"
 #include "train/hf_io.h"
 #include "train/ckpt.h"
+#include "train/sample.h"
+#include "data/tokenizer.h"
+#include "model/model.h"
+#include <unistd.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +26,7 @@ static void usage(FILE *out) {
         "usage: build/train [--set section.key=value]... [--resume auto|none|PATH] [--init-from HF_DIR] CONFIG\n"
         "       build/train plan [--set section.key=value]... CONFIG\n"
         "       build/train export CKPT OUT_DIR [--dtype bf16|fp32] [--max-shard-gb N]\n"
+        "       build/train sample CKPT|RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]\n"
         "       build/train dump-config [--set section.key=value]... CONFIG\n"
         "       build/train --help-config\n"
         "       build/train --help\n"
@@ -37,6 +43,8 @@ static void usage(FILE *out) {
         "                          of the config's parallel layout, without allocating the model\n"
         "  export                  write a checkpoint as a Hugging Face DeepSeek-V3 directory (config.json,\n"
         "                          model*.safetensors, index), MTP modules and selection biases included\n"
+        "  sample                  generate text from a checkpoint with the tokenizer of its data (data.tokenizer):\n"
+        "                          greedy by default (--temperature 0), or temperature / nucleus sampling\n"
         "  dump-config             print the effective config (file + overrides + defaults) as YAML and exit\n"
         "  --help-config           list every config key with its type, default, allowed values and meaning\n");
 }
@@ -121,6 +129,84 @@ static int cmd_export(int argc, char **argv) {
     return 0;
 }
 
+static void sample_emit(const char *bytes, size_t n, void *user) {
+    (void)user;
+    fwrite(bytes, 1, n, stdout);
+    fflush(stdout);
+}
+
+// Generates text from a checkpoint: the model and tokenizer come from the config recorded in its manifest.
+static int cmd_sample(int argc, char **argv) {
+    if (argc < 3) die("usage: build/train sample CKPT [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] "
+                      "[--seed S]");
+    const char *ckpt = argv[2], *prompt = "";
+    int n_new = 200;
+    SampleOptions so = {.temperature = 0.0, .top_p = 1.0, .seed = 1};
+    for (int i = 3; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) die("sample: %s needs a value", a);
+        const char *v = argv[++i];
+        char *end;
+        if (strcmp(a, "--prompt") == 0) prompt = v;
+        else if (strcmp(a, "--tokens") == 0) { n_new = (int)strtol(v, &end, 10); if (*end || n_new < 0) die("sample: --tokens %s: expected a count >= 0", v); }
+        else if (strcmp(a, "--temperature") == 0) { so.temperature = strtod(v, &end); if (*end) die("sample: --temperature %s: expected a number", v); }
+        else if (strcmp(a, "--top-p") == 0) { so.top_p = strtod(v, &end); if (*end) die("sample: --top-p %s: expected a number", v); }
+        else if (strcmp(a, "--seed") == 0) { so.seed = strtoull(v, &end, 10); if (*end) die("sample: --seed %s: expected an integer", v); }
+        else die("sample: unknown argument %s", a);
+    }
+    // CKPT may also be a run directory: its newest complete checkpoint.
+    char why[1024], latest[CKPT_PATH_MAX], root[CKPT_PATH_MAX];
+    snprintf(root, sizeof root, "%s/checkpoints", ckpt);
+    if (access(root, F_OK) == 0) {
+        if (!ckpt_find_latest(root, latest, sizeof latest)) die("sample: %s holds no complete checkpoint", root);
+        ckpt = latest;
+    }
+    if (!ckpt_verify(ckpt, why, sizeof why)) die("sample: %s is not a complete checkpoint: %s", ckpt, why);
+    Ckpt *c = ckpt_open(ckpt);
+    // The manifest's config text, through the config loader (a temporary file: config_load reads paths).
+    const char *text = ckpt_config_text(c);
+    if (!text || !text[0]) die("sample: %s records no config (it was not written by build/train)", ckpt);
+    char tmp[] = "/tmp/dsv3-sample-XXXXXX";
+    int fd = mkstemp(tmp);
+    if (fd < 0) die("sample: cannot create a temporary file: %s", strerror(errno));
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len || close(fd) != 0) die("sample: cannot write %s", tmp);
+    Config cfg;
+    config_load(&cfg, tmp, 0, NULL);
+    unlink(tmp);
+    ckpt_check_model(c, &cfg.model);
+
+    const Backend *be = backend_get(cfg.train.backend == BACKEND_CUDA ? "cuda" : "cpu");
+    Model *m = model_create(&cfg, be, params_full_stage(&cfg.model), 1, cfg.train.seq_len);
+    const ParamTable *t = model_params(m);
+    int n_moe = model_n_moe_layers(m);
+    float **bias = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(float *));
+    for (int i = 0; i < n_moe; i++) bias[i] = model_expert_bias(m, i);
+    // The reader fills the moments too: scratch buffers, freed right after.
+    uint16_t *am = be->alloc((size_t)t->total * 2), *av = be->alloc((size_t)t->total * 2);
+    CkptStage st = {.table = t, .be = be, .params = model_param_data(m), .adam_m = am, .adam_v = av,
+                    .bias = bias, .n_bias = n_moe};
+    ckpt_load_stage(c, &st);
+    be->free(am);
+    be->free(av);
+    ckpt_close(c);
+
+    Tokenizer *tok = tokenizer_load(cfg.data.tokenizer);
+    SampleResult r;
+    fputs(prompt, stdout);
+    sample_generate(m, tok, prompt, n_new, &so, sample_emit, NULL, &r);
+    fputc('\n', stdout);
+    fflush(stdout);
+    log_info("sampled %zu tokens after a %zu-token prompt (%s, temperature %g, top-p %g, seed %llu)%s", r.n_ids,
+             r.n_prompt, so.temperature > 0 ? "sampling" : "greedy", so.temperature, so.top_p,
+             (unsigned long long)so.seed, r.hit_eos ? ", stopped at EOS" : "");
+    sample_result_free(&r);
+    tokenizer_free(tok);
+    free(bias);
+    model_free(m);
+    return 0;
+}
+
 // The number of processes the launcher started (mpirun, srun), from the environment, before any MPI call.
 static int launched_world_size(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"};
@@ -170,5 +256,6 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "dump-config") == 0) return cmd_dump_config(argc, argv);
     if (strcmp(cmd, "plan") == 0) return cmd_plan(argc, argv);
     if (strcmp(cmd, "export") == 0) return cmd_export(argc, argv);
+    if (strcmp(cmd, "sample") == 0) return cmd_sample(argc, argv);
     return cmd_train(argc, argv);
 }
