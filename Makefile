@@ -137,6 +137,17 @@ else
 	./$(BUILD)/bench_ops_gpu
 endif
 
+# The benchmarks that exist so far: the data loader and, with a GPU, the op micro-benchmark and the bench-1gpu model
+# on the cuda backend (FP32 activations for now; the BF16 path and the torch peer comparison are issue 5's work).
+bench: deps
+	$(MAKE) --no-print-directory all $(BUILD)/bench_loader
+	./$(BUILD)/bench_loader
+	@if [ -n "$(CU_OBJ)" ] && nvidia-smi >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory bench-ops-gpu && \
+	    ./$(BUILD)/train configs/bench-1gpu.yaml --set train.backend=cuda --set train.precision=fp32 \
+	        --set train.max_steps=6 --set log.run_dir=runs/bench-1gpu --resume none; \
+	else echo "bench: no GPU here: skipping the cuda benchmarks"; fi
+
 # Trains the tiny model (resuming if runs/tiny has a checkpoint), then samples from it.
 run: deps
 	$(MAKE) --no-print-directory all
