@@ -8,12 +8,16 @@
 #include "train/sample.h"
 
 #include <math.h>
+#include <omp.h>
 
 static const Backend *cpu(void) { return backend_get("cpu"); }
 
 // The tiny test model (tests/test_model_util.h: dim 16, dense + MoE layers, MTP 1, init_std 0.2) with the byte
 // tokenizer's model vocabulary of configs/tiny.yaml (320 > the tokenizer's 259), B = 1, context T.
+// One OpenMP thread: a forward pass of this model is all parallel-region overhead (0.2 ms on one thread, 20-40x that
+// with two threads on a loaded 2-core machine), and these tests run thousands. Each test is its own process.
 static Model *tiny_model(int T, int V, uint64_t seed) {
+    omp_set_num_threads(1);
     Config c = tm_config();
     c.model.vocab_size = V;
     c.train.seq_len = T;
@@ -346,14 +350,14 @@ TEST(sample_utf8_hold_cases) {
                    sample_utf8_hold(c[i].s, strlen(c[i].s)), c[i].hold);
 }
 
-typedef struct { char buf[4096]; size_t len; int calls, bad_ends; } Sink;
+typedef struct { char buf[4096]; size_t len; int calls, bad_ends, last_bad; } Sink;
 static void sink_emit(const char *b, size_t n, void *user) {
     Sink *s = user;
     ASSERT(n > 0 && s->len + n < sizeof s->buf);
     memcpy(s->buf + s->len, b, n);
     s->len += n;
     s->calls++;
-    s->bad_ends += sample_utf8_hold(s->buf, s->len) != 0;   // only the final flush may end mid-character
+    if (sample_utf8_hold(s->buf, s->len) != 0) { s->bad_ends++; s->last_bad = s->calls; }
 }
 
 // Streaming at temperature 1 on a byte model (random bytes: many UTF-8 lead bytes): the chunks concatenate to the
@@ -367,12 +371,12 @@ TEST(sample_streaming_utf8) {
     sample_generate(m, tok, "", 31, &o, sink_emit, &sink, &r);
     ASSERT_EQ_INT(sink.len, r.text_len);
     ASSERT(memcmp(sink.buf, r.text, r.text_len) == 0);
-    ASSERT(sink.bad_ends <= 1);
+    // only the final flush may end mid-character (when generation stopped there)
+    ASSERT(sink.bad_ends == 0 || (sink.bad_ends == 1 && sink.last_bad == sink.calls));
     int holds = 0;   // positions where the text so far ends mid-character: no chunk may end there
     for (size_t i = 1; i < r.text_len; i++) holds += sample_utf8_hold(r.text, i) != 0;
     printf("    %zu tokens, %d chunks, %d mid-character positions\n", r.n_ids, sink.calls, holds);
     ASSERT(holds > 0);   // the check above was exercised
-    ASSERT(sink.calls < (int)r.n_ids + 1);
     sample_result_free(&r);
     tokenizer_free(tok);
     model_free(m);
@@ -417,6 +421,7 @@ TEST(sample_bpe_tokenizer) {
 typedef struct { double t, top_p; int n_new, B, V; const char *tok, *prompt; } BadCase;
 static void bad_child(void *arg) {
     const BadCase *b = arg;
+    omp_set_num_threads(1);
     Config c = tm_config();
     c.model.vocab_size = b->V;
     Model *m = model_create(&c, cpu(), params_full_stage(&c.model), b->B, 8);
