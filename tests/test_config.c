@@ -9,18 +9,7 @@
 #include <unistd.h>
 
 // build/train next to this test binary (build/ or build-debug/).
-static const char *train_bin(void) {
-    static char path[PATH_MAX + 16];
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    ASSERT(n > 0);
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    ASSERT(slash);
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/train", exe);
-    return path;
-}
+static const char *train_bin(void) { return test_bin("train"); }
 
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
