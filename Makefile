@@ -138,7 +138,8 @@ else
 endif
 
 # The benchmarks that exist so far: the data loader and, with a GPU, the op micro-benchmark and the bench-1gpu model
-# on the cuda backend (FP32 activations for now; the BF16 path and the torch peer comparison are issue 5's work).
+# on the cuda backend (FP32 activations for now), then the PyTorch peer (tests/bench/peer_hf.py) on the same GPU.
+# Still missing (issue 5): the BF16 model path and the printed ratio of our tokens/s over the peer's.
 bench: deps
 	$(MAKE) --no-print-directory all $(BUILD)/bench_loader
 	./$(BUILD)/bench_loader
@@ -146,6 +147,8 @@ bench: deps
 	    $(MAKE) --no-print-directory bench-ops-gpu && \
 	    ./$(BUILD)/train configs/bench-1gpu.yaml --set train.backend=cuda --set train.precision=fp32 \
 	        --set train.max_steps=6 --set log.run_dir=runs/bench-1gpu --resume none; \
+	    if python3 -c "import torch, transformers" 2>/dev/null; then python3 tests/bench/peer_hf.py; \
+	    else echo "bench: no torch/transformers: skipping the PyTorch peer"; fi; \
 	else echo "bench: no GPU here: skipping the cuda benchmarks"; fi
 
 # Trains the tiny model (resuming if runs/tiny has a checkpoint), then samples from it.
