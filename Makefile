@@ -56,7 +56,7 @@ endif
 GPU_TEST_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/gpu/bench_%.c,$(wildcard tests/gpu/*.c)))
 GPU_BENCH_OBJ := $(BUILD)/obj/tests/gpu/bench_ops_gpu.o
 
-.PHONY: all deps test run test-gpu bench bench-cpu bench-ops-gpu clean
+.PHONY: all deps test run test-gpu bench bench-cpu bench-cpu-attention bench-ops-gpu clean
 all: $(BUILD)/train $(BUILD)/tokenize
 
 $(BUILD)/obj/%.o: %.c $(wildcard */*.h */*/*.h)
@@ -91,6 +91,13 @@ bench-cpu: $(BUILD)/bench_cpu_matmul
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/bench_cpu_matmul
 
 $(BUILD)/bench_cpu_matmul: $(BUILD)/obj/kernels/cpu/bench/bench_cpu_matmul.o $(LIB_OBJ) $(CU_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# cpu backend attention benchmark: ms and GFLOP/s, forward and backward, tiny.yaml's shape and a larger one.
+bench-cpu-attention: $(BUILD)/bench_cpu_attention
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/bench_cpu_attention
+
+$(BUILD)/bench_cpu_attention: $(BUILD)/obj/kernels/cpu/bench/bench_cpu_attention.o $(LIB_OBJ) $(CU_OBJ)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Installs what is missing; a no-op when everything is there.
@@ -130,9 +137,25 @@ else
 	./$(BUILD)/bench_ops_gpu
 endif
 
+# The benchmarks that exist so far: the data loader and, with a GPU, the op micro-benchmark and the bench-1gpu model
+# on the cuda backend (FP32 activations for now), then the PyTorch peer (tests/bench/peer_hf.py) on the same GPU.
+# Still missing (issue 5): the BF16 model path and the printed ratio of our tokens/s over the peer's.
+bench: deps
+	$(MAKE) --no-print-directory all $(BUILD)/bench_loader
+	./$(BUILD)/bench_loader
+	@if [ -n "$(CU_OBJ)" ] && nvidia-smi >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory bench-ops-gpu && \
+	    ./$(BUILD)/train configs/bench-1gpu.yaml --set train.backend=cuda --set train.precision=fp32 \
+	        --set train.max_steps=6 --set log.run_dir=runs/bench-1gpu --resume none; \
+	    if python3 -c "import torch, transformers" 2>/dev/null; then python3 tests/bench/peer_hf.py; \
+	    else echo "bench: no torch/transformers: skipping the PyTorch peer"; fi; \
+	else echo "bench: no GPU here: skipping the cuda benchmarks"; fi
+
+# Trains the tiny model (resuming if runs/tiny has a checkpoint), then samples from it.
 run: deps
 	$(MAKE) --no-print-directory all
 	./$(BUILD)/train configs/tiny.yaml
+	./$(BUILD)/train sample runs/tiny --prompt "HACKER, n. " --tokens 300 --temperature 0.8 --top-p 0.95 --seed 1
 
 clean:
 	rm -rf build build-debug

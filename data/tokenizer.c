@@ -243,6 +243,13 @@ int64_t tokenizer_token_id(const Tokenizer *t, const char *token, size_t len) {
     return -1;
 }
 
+TokenKind tokenizer_token_kind(const Tokenizer *t, uint32_t id) {
+    if (id >= t->vocab_size || t->tok_len[id] == UINT32_MAX) return TOKEN_UNUSED;
+    for (size_t i = 0; i < t->n_added; i++)
+        if (t->added[i].id == id) return t->added[i].special ? TOKEN_SPECIAL : TOKEN_NORMAL;
+    return TOKEN_NORMAL;
+}
+
 void tokenizer_set_eos(Tokenizer *t, const char *token) {
     int64_t id = tokenizer_token_id(t, token, strlen(token));
     CHECK(id >= 0, "EOS token \"%s\" is not a token of %s", token, t->name);

@@ -55,6 +55,11 @@ const char *tokenizer_name(const Tokenizer *t);
 int tokenizer_needs_utf8(const Tokenizer *t);
 // Id of a token given by its text (an added token's content, or a vocabulary entry's decoded bytes); -1 if none.
 int64_t tokenizer_token_id(const Tokenizer *t, const char *token, size_t len);
+// What an id is: TOKEN_UNUSED for ids >= vocab_size and the gaps a tokenizer.json may leave in its ids (decode dies
+// on those), TOKEN_SPECIAL for special added tokens (EOS, BOS, PAD, ...), TOKEN_NORMAL for the rest (vocabulary
+// entries and non-special added tokens). Costs O(number of added tokens).
+typedef enum { TOKEN_UNUSED = 0, TOKEN_NORMAL = 1, TOKEN_SPECIAL = 2 } TokenKind;
+TokenKind tokenizer_token_kind(const Tokenizer *t, uint32_t id);
 
 TokenizerCtx *tokenizer_ctx_new(const Tokenizer *t);
 void tokenizer_ctx_free(TokenizerCtx *c);

@@ -212,6 +212,9 @@ const ParamTable *model_params(const Model *m) { return &m->table; }
 float *model_param_data(Model *m) { return m->params; }
 float *model_grad_data(Model *m) { return m->grads; }
 size_t model_arena_bytes(const Model *m) { return m->arena_bytes; }
+int model_batch(const Model *m) { return m->B; }
+int model_seq_len(const Model *m) { return m->T; }
+const ModelConfig *model_config(const Model *m) { return &m->mc; }
 int model_n_moe_layers(const Model *m) { return m->n_moe; }
 
 static void check_moe_index(const Model *m, int i) {

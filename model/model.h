@@ -53,6 +53,11 @@ float *model_param_data(Model *m);   // backend memory, table offsets
 float *model_grad_data(Model *m);    // backend memory, table offsets
 // Bytes of the activation arena (for memory reports).
 size_t model_arena_bytes(const Model *m);
+// The shape the model was created for (model_create's B and T) and its model config (vocab_size, mtp_depth, ...):
+// what a caller of model_forward_logits needs to size its token and logit buffers.
+int model_batch(const Model *m);
+int model_seq_len(const Model *m);
+const ModelConfig *model_config(const Model *m);
 
 // normal(0, init_std) for every matrix, 1 for every RMSNorm weight. Each tensor's values come from a counter-based
 // generator keyed by (seed, tensor name), so they do not depend on thread count, stage split or expert parallelism.

@@ -9,18 +9,7 @@
 #include <unistd.h>
 
 // build/train next to this test binary (build/ or build-debug/).
-static const char *train_bin(void) {
-    static char path[PATH_MAX + 16];
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    ASSERT(n > 0);
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    ASSERT(slash);
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/train", exe);
-    return path;
-}
+static const char *train_bin(void) { return test_bin("train"); }
 
 static void write_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
@@ -330,7 +319,7 @@ TEST(config_help_lists_every_key) {
         }
     }
     ASSERT_EQ_INT(lines, config_n_keys);
-    ASSERT_EQ_INT(config_n_keys, 30 + 23 + 5 + 5 + 4 + 2);   // the fields of the section structs in config.h
+    ASSERT_EQ_INT(config_n_keys, 30 + 23 + 5 + 5 + 5 + 2);   // the fields of the section structs in config.h
     ASSERT_CONTAINS(out, "  model.n_expert_groups (int, default 8): ");
     ASSERT_CONTAINS(out, "      expects one of sigmoid, softmax\n");
     free(out);

@@ -3,33 +3,18 @@
 #include "model/params.h"
 #include "tests/model_configs.h"
 #include "tests/test.h"
+#include "tests/child_exit.h"
 #include "train/plan.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+// fn(arg) must die: exit status 1 with `needle` in its message (tests/child_exit.h runs it in a child).
 static void expect_die(void (*fn)(void *), void *arg, const char *needle) {
-    int fd[2];
-    ASSERT(pipe(fd) == 0);
-    pid_t pid = fork();
-    ASSERT(pid >= 0);
-    if (pid == 0) {
-        dup2(fd[1], 2);
-        close(fd[0]);
-        fn(arg);
-        _exit(0);
-    }
-    close(fd[1]);
-    char buf[4096];
-    size_t len = 0;
-    ssize_t k;
-    while ((k = read(fd[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)k;
-    buf[len] = 0;
-    close(fd[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    ASSERT_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 1, "expected exit status 1, got status %d; stderr:\n%s", st, buf);
-    ASSERT_CONTAINS(buf, needle);
+    char msg[4096];
+    int st = child_exit_status(fn, arg, msg, sizeof msg);
+    ASSERT_MSG(st == 1, "expected exit status 1, got %d; stderr:\n%s", st, msg);
+    ASSERT_CONTAINS(msg, needle);
 }
 
 TEST(plan_v3_parameter_counts) {

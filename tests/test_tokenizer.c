@@ -95,16 +95,7 @@ TEST(tokenizer_matches_hf_tokenizers) {
 #include "data/shard.h"
 
 // build/tokenize next to this test binary (build/ or build-debug/).
-static const char *tool(void) {
-    static char path[4200];
-    char exe[4000];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    ASSERT(n > 0);
-    exe[n] = 0;
-    *strrchr(exe, '/') = 0;
-    snprintf(path, sizeof path, "%s/tokenize", exe);
-    return path;
-}
+static const char *tool(void) { return test_bin("tokenize"); }
 
 // Runs build/tokenize with args; returns the exit status, output in *out (caller frees).
 static int run_tool(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -119,22 +119,25 @@ TEST(trainer_stops_after_too_many_non_finite_steps) {
 }
 
 TEST(trainer_bias_balancing_lowers_max_violation) {
-    // The same run (same seed, same data) with gamma > 0 and with gamma = 0: the auxiliary-loss-free bias update
-    // must leave the experts clearly better balanced at the end.
+    // The tiny run (300 steps, same seed, same data) with gamma > 0 and with gamma = 0: the auxiliary-loss-free bias
+    // update must leave the experts clearly better balanced at the end. The first ~50 steps collapse the routing
+    // in both runs (every token on the same experts while the learning rate warms up); how long the biases take to
+    // pull it apart varies with rounding, so the comparison is over the last 50 steps of the whole run.
     char *out;
-    const char *common = "--set train.max_steps=80 --set train.eval_every=0 --set train.balance_alpha=0";
+    const char *common = "--set train.eval_every=0 --set train.balance_alpha=0 --set checkpoint.at_end=false "
+                         "--set checkpoint.every=0";
     char args[1024];
     snprintf(args, sizeof args, "%s --set train.bias_update_speed=0", common);
     int rc = run_tiny(args, NULL, &out);
     ASSERT_MSG(rc == 0, "gamma 0 run exited %d:\n%s", rc, out);
     Lines off = read_metrics();
-    double vio_off = tail_max_vio(&off, 10);
+    double vio_off = tail_max_vio(&off, 50);
     snprintf(args, sizeof args, "%s --set train.bias_update_speed=0.01", common);
     rc = run_tiny(args, NULL, &out);
     ASSERT_MSG(rc == 0, "gamma 0.01 run exited %d:\n%s", rc, out);
     Lines on = read_metrics();
-    double vio_on = tail_max_vio(&on, 10);
-    fprintf(stderr, "    MaxVio over the last 10 steps: gamma 0: %.3f, gamma 0.01: %.3f\n", vio_off, vio_on);
+    double vio_on = tail_max_vio(&on, 50);
+    fprintf(stderr, "    MaxVio over the last 50 steps: gamma 0: %.3f, gamma 0.01: %.3f\n", vio_off, vio_on);
     ASSERT_MSG(vio_on < 0.5 * vio_off, "MaxVio with balancing %.3f is not clearly below %.3f without", vio_on,
                vio_off);
 }

@@ -115,6 +115,7 @@ typedef struct {
     int every;                   // steps between checkpoints (0 = only on signal / end)
     int keep_last;               // retention: newest N complete checkpoints
     int keep_every;              // and every checkpoint whose step is a multiple of this (0 = none)
+    int at_end;                  // 1 = also checkpoint when the run ends (benchmarks turn it off)
 } CheckpointConfig;
 
 typedef struct {

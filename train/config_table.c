@@ -166,6 +166,8 @@ const ConfigKey config_keys[] = {
       .help = "keep the newest keep_last complete checkpoints" },
     { KEY(checkpoint, keep_every, KEY_INT), .def = "0", .min = 0, .max = IMAX,
       .help = "and keep every checkpoint whose step is a multiple of this (0 = none)" },
+    { KEY(checkpoint, at_end, KEY_BOOL), .def = "true",
+      .help = "also write a checkpoint when the run ends (off for benchmarks; signals still checkpoint)" },
 
     // ---- log
     { KEY(log, run_dir, KEY_STRING), .def = "runs/default",

@@ -3,6 +3,9 @@
 #include "train/trainer.h"
 #include "train/check.h"
 #include "train/optim.h"
+#include "train/ckpt.h"
+#include "train/hf_io.h"
+#include "train/signals.h"
 #include "model/model.h"
 #include "data/loader.h"
 
@@ -33,6 +36,91 @@ static void fmt_duration(char *buf, size_t n, double s) {
     if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
     else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
     else snprintf(buf, n, "%lds", t);
+}
+
+void trainer_ckpt_root(const Config *cfg, char *out, size_t n) {
+    if (cfg->checkpoint.dir[0]) snprintf(out, n, "%s", cfg->checkpoint.dir);
+    else snprintf(out, n, "%s/checkpoints", cfg->log.run_dir);
+}
+
+// What a resumed run needs besides parameters, moments, biases and the loader position.
+typedef struct {
+    int64_t nonfinite_total;
+    int32_t nonfinite_run, pad_;
+} TrainerCounters;
+
+typedef struct {
+    const Config *cfg;
+    const TrainOptions *opt;
+    char root[CKPT_PATH_MAX];
+    Model *m;
+    AdamW *adam;
+    Loader *train;
+    float **bias;           // host [E] rows of the MoE layers, table order
+} CkptCtx;
+
+static CkptStage ckpt_stage_of(CkptCtx *c) {
+    return (CkptStage){.table = model_params(c->m), .be = c->adam->be, .params = model_param_data(c->m),
+                       .adam_m = c->adam->m, .adam_v = c->adam->v, .adam_t = c->adam->t, .bias = c->bias,
+                       .n_bias = model_n_moe_layers(c->m), .stage = 0, .ep_part = 0};
+}
+
+static void trainer_save(CkptCtx *c, long step, double tokens, TrainerCounters *counters) {
+    LoaderState ls;
+    loader_state_save(c->train, &ls);
+    CkptOptions o = {.root = c->root, .model = &c->cfg->model, .config_text = c->opt->config_text,
+                     .keep_last = c->cfg->checkpoint.keep_last, .keep_every = c->cfg->checkpoint.keep_every};
+    CkptStage st = ckpt_stage_of(c);
+    CkptRankState rs = {.step = step, .tokens = tokens, .rank = 0, .world = 1, .dp_size = 1, .pp_size = 1,
+                        .ep_size = 1, .n_blobs = 2};
+    rs.blobs[0] = (CkptBlob){"loader", &ls, sizeof ls};
+    rs.blobs[1] = (CkptBlob){"trainer", counters, sizeof *counters};
+    ckpt_save(&o, &st, &rs);   // logs the path and size
+}
+
+// Loads a checkpoint into the model, optimizer, biases, loader and counters; returns its step and token count.
+static void trainer_load(CkptCtx *c, const char *path, long *step, double *tokens, TrainerCounters *counters) {
+    Ckpt *ck = ckpt_open(path);
+    ckpt_check_model(ck, &c->cfg->model);
+    CkptStage st = ckpt_stage_of(c);
+    ckpt_load_stage(ck, &st);
+    c->adam->t = st.adam_t;
+    LoaderState ls;
+    CkptRankState rs = {.rank = 0, .world = 1, .dp_size = 1, .pp_size = 1, .ep_size = 1, .n_blobs = 2};
+    rs.blobs[0] = (CkptBlob){"loader", &ls, sizeof ls};
+    rs.blobs[1] = (CkptBlob){"trainer", counters, sizeof *counters};
+    ckpt_load_rank(ck, &rs);
+    loader_state_load(c->train, &ls);
+    *step = rs.step;
+    *tokens = rs.tokens;
+    ckpt_close(ck);
+    log_info("resumed from %s: step %ld, %.0f tokens", path, *step, *tokens);
+}
+
+// On resume, the metrics file keeps the lines of steps up to the checkpoint (a crashed run may have logged steps
+// past it, which the resumed run repeats). Rewritten atomically; returns the file opened for appending.
+static FILE *metrics_open(const char *path, long resume_step) {
+    if (resume_step > 0) {
+        FILE *in = fopen(path, "r");
+        if (in) {
+            char tmp[CONFIG_PATH_MAX + 64];
+            snprintf(tmp, sizeof tmp, "%s.tmp", path);
+            FILE *out = fopen(tmp, "w");
+            if (!out) die("cannot write %s: %s", tmp, strerror(errno));
+            char *line = NULL;
+            size_t cap = 0;
+            while (getline(&line, &cap, in) > 0) {
+                const char *p = strstr(line, "\"step\":");
+                if (p && strtol(p + 7, NULL, 10) <= resume_step) fputs(line, out);
+            }
+            free(line);
+            fclose(in);
+            if (fclose(out) != 0 || rename(tmp, path) != 0) die("cannot rewrite %s: %s", path, strerror(errno));
+        }
+    }
+    FILE *f = fopen(path, resume_step > 0 ? "a" : "w");
+    if (!f) die("cannot write %s: %s", path, strerror(errno));
+    return f;
 }
 
 static Loader *open_loader(const Config *cfg, const char *shards, int shuffle) {
@@ -77,7 +165,7 @@ static int fault_nan_at(long step) {
     return 0;
 }
 
-int trainer_run(const Config *cfg) {
+int trainer_run(const Config *cfg, const TrainOptions *topt) {
     const TrainConfig *tc = &cfg->train;
     const ModelConfig *mc = &cfg->model;
     const Backend *be = backend_get(tc->backend == BACKEND_CUDA ? "cuda" : "cpu");
@@ -103,20 +191,35 @@ int trainer_run(const Config *cfg) {
     log_info("model: %.3fM parameters in this stage, %d MoE layer(s), backend %s", table->total / 1e6, n_moe,
              be->name);
 
+    uint32_t *tokens = xmalloc((size_t)B * row * sizeof(uint32_t));
+    double *max_vio = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(double));
+    long step = 0;
+    double n_tokens = 0;
+    TrainerCounters counters = {0};
+
+    // Resume (or start from Hugging Face weights) before anything is written for this run.
+    CkptCtx ck = {.cfg = cfg, .opt = topt, .m = m, .adam = &opt, .train = train};
+    trainer_ckpt_root(cfg, ck.root, sizeof ck.root);
+    ck.bias = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(float *));
+    for (int i = 0; i < n_moe; i++) ck.bias[i] = model_expert_bias(m, i);
+    char resume_path[CKPT_PATH_MAX];
+    if (ckpt_resolve_resume(ck.root, topt->resume ? topt->resume : "", resume_path, sizeof resume_path)) {
+        trainer_load(&ck, resume_path, &step, &n_tokens, &counters);
+    } else if (topt->init_from && topt->init_from[0]) {
+        hf_import(topt->init_from, mc, table, be, params, ck.bias, n_moe);
+        log_info("initialized from %s", topt->init_from);
+    }
+
     // The metrics file is created only once data and model are ready, so a run that cannot start leaves none.
     if (mkdir(cfg->log.run_dir, 0755) != 0 && errno != EEXIST)
         die("log.run_dir: cannot create %s: %s", cfg->log.run_dir, strerror(errno));
     char metrics_path[CONFIG_PATH_MAX + 32];
     snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->log.run_dir);
-    FILE *metrics = fopen(metrics_path, "w");
-    if (!metrics) die("cannot write %s: %s", metrics_path, strerror(errno));
-    uint32_t *tokens = xmalloc((size_t)B * row * sizeof(uint32_t));
-    double *max_vio = xcalloc((size_t)(n_moe ? n_moe : 1), sizeof(double));
-    long step = 0;
-    double n_tokens = 0;
-    int nonfinite_run = 0;
-    long nonfinite_total = 0;
-    double t_start = wall_s();
+    FILE *metrics = metrics_open(metrics_path, step);
+
+    signals_install();
+    long last_saved = step > 0 ? step : -1;
+    double t_start = wall_s(), tokens_start = n_tokens;
     int status = 0;
 
     while ((tc->total_tokens <= 0 || n_tokens < tc->total_tokens) && (tc->max_steps == 0 || step < tc->max_steps)) {
@@ -147,25 +250,25 @@ int trainer_run(const Config *cfg) {
         double gnorm = optim_grad_norm(be, table, grads);
         if (!isfinite(gnorm) || !isfinite(step_loss.total)) {
             // Skip the update: parameters, moments, biases and schedules stay where they were; the data moves on.
-            nonfinite_run++;
-            nonfinite_total++;
+            counters.nonfinite_run++;
+            counters.nonfinite_total++;
             n_tokens += (double)batch * T;
             step++;
             log_warn("step %ld: non-finite %s (loss %g, grad norm %g): update skipped (%d in a row, %ld in total)",
-                     step, isfinite(step_loss.total) ? "gradients" : "loss", step_loss.total, gnorm, nonfinite_run,
-                     nonfinite_total);
+                     step, isfinite(step_loss.total) ? "gradients" : "loss", step_loss.total, gnorm,
+                     counters.nonfinite_run, (long)counters.nonfinite_total);
             fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"skipped\":true,\"loss\":%.9g,\"grad_norm\":%.9g}\n",
                     step, n_tokens, step_loss.total, gnorm);
             fflush(metrics);
-            if (nonfinite_run >= tc->max_nonfinite_steps) {
+            if (counters.nonfinite_run >= tc->max_nonfinite_steps) {
                 log_warn("stopping: %d consecutive steps with non-finite loss or gradients "
-                         "(train.max_nonfinite_steps = %d)", nonfinite_run, tc->max_nonfinite_steps);
+                         "(train.max_nonfinite_steps = %d)", counters.nonfinite_run, tc->max_nonfinite_steps);
                 status = 3;
                 break;
             }
-            continue;
+            goto step_done;   // a skipped step still checkpoints when due and answers a stop signal
         }
-        nonfinite_run = 0;
+        counters.nonfinite_run = 0;
 
         AdamWHyper h = {lr, (float)tc->beta1, (float)tc->beta2, (float)tc->eps, (float)tc->weight_decay,
                         (float)tc->grad_clip};
@@ -177,7 +280,7 @@ int trainer_run(const Config *cfg) {
         n_tokens += (double)batch * T;
         double now = wall_s();
         double tok_s = (double)batch * T / (now - t0);
-        double avg_tok_s = n_tokens / (now - t_start);
+        double avg_tok_s = (n_tokens - tokens_start) / (now - t_start);
         double remaining = tc->total_tokens > 0 ? tc->total_tokens - n_tokens : INFINITY;
         if (tc->max_steps > 0) {
             double by_steps = (double)(tc->max_steps - step) * batch * T;
@@ -222,6 +325,19 @@ int trainer_run(const Config *cfg) {
                     n_tokens, ev.total, ev.lm_loss);
             fflush(metrics);
         }
+
+    step_done:;
+        int sig = signals_stop_requested();
+        if (sig || (cfg->checkpoint.every > 0 && step % cfg->checkpoint.every == 0)) {
+            trainer_save(&ck, step, n_tokens, &counters);
+            last_saved = step;
+        }
+        if (sig) {
+            log_warn("%s received: checkpoint at step %ld written, exiting with status %d (requeue)",
+                     signals_name(sig), step, SIGNALS_EXIT_REQUEUE);
+            status = SIGNALS_EXIT_REQUEUE;
+            break;
+        }
     }
 
     if (status == 0 && val && step % tc->eval_every != 0) {
@@ -230,9 +346,12 @@ int trainer_run(const Config *cfg) {
         fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"eval_loss\":%.9g,\"eval_lm_loss\":%.9g}\n", step,
                 n_tokens, ev.total, ev.lm_loss);
     }
+    if (status == 0 && cfg->checkpoint.at_end && step != last_saved) trainer_save(&ck, step, n_tokens, &counters);
     if (status == 0)
         log_info("done: %ld steps, %.0f tokens in %.1f s (%ld skipped)", step, n_tokens, wall_s() - t_start,
-                 nonfinite_total);
+                 (long)counters.nonfinite_total);
+    signals_uninstall();
+    free(ck.bias);
     if (fclose(metrics) != 0) die("cannot write %s: %s", metrics_path, strerror(errno));
     free(tokens);
     free(max_vio);

@@ -10,8 +10,9 @@
 // This first version computes in FP32 on the CUDA cores (BF16 tensors are converted on load), for exactness against
 // the cpu reference: 256 threads as a 16 x 16 grid; every (64 x 64) score tile and every output tile is computed
 // by each thread for rows ty + 16 i and columns tx + 16 j, from shared-memory tiles with odd row strides (no bank
-// conflicts for either access pattern). TO REPLACE (issue 5): a BF16 tensor-core (wgmma) kernel.
-#include "kernels/cuda/cuda_common.cuh"
+// conflicts for either access pattern). BF16 tensors with head dims that are multiples of 16 (D <= 192, DV <= 128)
+// and 16-byte aligned data take the tensor-core kernels of cuda_attention_tc.cu instead (attn_use_tc).
+#include "kernels/cuda/cuda_attention_tc.cuh"
 
 #include <math.h>
 
@@ -343,6 +344,12 @@ void check_lse(const char *op, const Tensor *lse, const Tensor *q) {
     cpu_agree(op, "lse", lse, lse->shape[2], "q", q, q->shape[1], "T");
 }
 
+// The dispatch rule: BF16 tensors whose head dims and pointers the tensor-core kernels take; F32 and other shapes
+// stay on the FP32 kernels above.
+bool attn_use_tc(const Tensor *q, const Tensor *v, const void *const *ptrs, int nptrs) {
+    return q->dtype == DT_BF16 && attn_tc_supported((int)q->shape[3], (int)v->shape[3], ptrs, nptrs);
+}
+
 } // namespace
 
 extern "C" void cuda_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, float scale) {
@@ -357,6 +364,12 @@ extern "C" void cuda_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor 
     if (nq > 65535) die("%s: T = %d needs more than 65535 query tiles", op, T_);
     dim3 grid((unsigned)(B * H), (unsigned)nq);
     cudaStream_t s = cuda_stream();
+    const void *ptrs[] = {out.data, q.data, k.data, v.data};
+    if (attn_use_tc(&q, &v, ptrs, 4)) {
+        attn_tc_forward((bf16 *)out.data, (float *)lse.data, (const bf16 *)q.data, (const bf16 *)k.data,
+                        (const bf16 *)v.data, B, T_, H, D, DV, scale, s);
+        return;
+    }
     DISPATCH_FLOAT(q.dtype, TT, {
         attn_set_smem<TT>();
         attn_fwd_kernel<TT><<<grid, NTH, FWD_SMEM, s>>>((TT *)out.data, (float *)lse.data, (const TT *)q.data,
@@ -388,6 +401,13 @@ extern "C" void cuda_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor 
         attn_bwd_dot_kernel<TT><<<cuda_grid((int64_t)B * T_ * H * 32, 256), 256, 0, s>>>(
             Dr, (const TT *)dout.data, (const TT *)out.data, B, T_, H, DV);
         CUDA_LAUNCH_CHECK("attn_bwd_dot_kernel");
+        const void *ptrs[] = {dq.data, dk.data, dv.data, dout.data, q.data, k.data, v.data};
+        if (attn_use_tc(&q, &v, ptrs, 7)) {
+            attn_tc_backward((bf16 *)dq.data, (bf16 *)dk.data, (bf16 *)dv.data, (const bf16 *)q.data,
+                             (const bf16 *)k.data, (const bf16 *)v.data, (const bf16 *)dout.data,
+                             (const float *)lse.data, Dr, B, T_, H, D, DV, scale, s);
+            return;
+        }
         attn_bwd_dkv_kernel<TT><<<grid, NTH, DKV_SMEM, s>>>((TT *)dk.data, (TT *)dv.data, (const TT *)q.data,
                                                             (const TT *)k.data, (const TT *)v.data,
                                                             (const TT *)dout.data, (const float *)lse.data, Dr, T_, H,

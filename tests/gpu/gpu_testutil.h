@@ -84,12 +84,14 @@ static inline int32_t *gt_host_i32(const void *d, int64_t n) {
 // got ~= want elementwise: |got - want| <= rtol |want| + atol_rel * max|want|. Prints the worst relative error
 // (for the record) and fails at the first violation, naming the element and the seed. NaN anywhere fails unless
 // want is NaN there too.
-static inline void gt_close(const char *file, int line, const char *what, const float *got, const float *want,
-                            int64_t n, double rtol, double atol_rel) {
+// atol_abs: an absolute floor for results that cancel to (near) zero from O(1) terms (a T = 1 attention's dq, a
+// d = 1 RMSNorm's dinp), where FP32 rounding of the terms, not of the result, sets the error.
+static inline void gt_close_abs(const char *file, int line, const char *what, const float *got, const float *want,
+                                int64_t n, double rtol, double atol_rel, double atol_abs) {
     double mx = 0.0, worst = 0.0;
     for (int64_t i = 0; i < n; i++)
         if (isfinite(want[i]) && fabs(want[i]) > mx) mx = fabs(want[i]);
-    const double atol = atol_rel * mx + 1e-30;
+    const double atol = atol_rel * mx + atol_abs + 1e-30;
     for (int64_t i = 0; i < n; i++) {
         if (isnan(want[i]) && isnan(got[i])) continue;
         double err = fabs((double)got[i] - (double)want[i]);
@@ -102,7 +104,10 @@ static inline void gt_close(const char *file, int line, const char *what, const 
     }
     printf("    %-40s n %-10lld max|cpu| %-10.4g worst err/(|cpu| + 1e-3 max) %.3g\n", what, (long long)n, mx, worst);
 }
-#define GT_CLOSE(what, got, want, n, rtol, atol_rel) gt_close(__FILE__, __LINE__, what, got, want, n, rtol, atol_rel)
+#define GT_CLOSE(what, got, want, n, rtol, atol_rel) \
+    gt_close_abs(__FILE__, __LINE__, what, got, want, n, rtol, atol_rel, 0.0)
+#define GT_CLOSE_ABS(what, got, want, n, rtol, atol_rel, atol_abs) \
+    gt_close_abs(__FILE__, __LINE__, what, got, want, n, rtol, atol_rel, atol_abs)
 
 // Bitwise-equal values (NaN matches NaN; -0 matches +0): for ops whose FP32 arithmetic is the cpu op's, operation
 // by operation.
