@@ -81,26 +81,27 @@ static const char *parse_config_args(int argc, char **argv, int first, int *n_se
     return parse_args(argc, argv, first, n_sets, sets, NULL);
 }
 
-static int cmd_dump_config(int argc, char **argv) {
+// Loads the config of a subcommand that takes CONFIG and --set overrides from argv[first..].
+static void load_config_args(int argc, char **argv, int first, Config *cfg) {
     char **sets = xcalloc((size_t)argc, sizeof *sets);
     int n_sets;
-    const char *path = parse_config_args(argc, argv, 2, &n_sets, sets);
+    const char *path = parse_config_args(argc, argv, first, &n_sets, sets);
+    config_load(cfg, path, n_sets, sets);
+    free(sets);
+}
+
+static int cmd_dump_config(int argc, char **argv) {
     Config cfg;
-    config_load(&cfg, path, n_sets, sets);
+    load_config_args(argc, argv, 2, &cfg);
     config_dump(&cfg, stdout);
     if (fflush(stdout) != 0 || ferror(stdout)) die("cannot write the config to stdout");
-    free(sets);
     return 0;
 }
 
 static int cmd_plan(int argc, char **argv) {
-    char **sets = xcalloc((size_t)argc, sizeof *sets);
-    int n_sets;
-    const char *path = parse_config_args(argc, argv, 2, &n_sets, sets);
     Config cfg;
-    config_load(&cfg, path, n_sets, sets);
+    load_config_args(argc, argv, 2, &cfg);
     plan_print(&cfg, stdout);
-    free(sets);
     return 0;
 }
 

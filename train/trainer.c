@@ -151,17 +151,26 @@ static MicroLosses evaluate(Model *m, Loader *val, const Config *cfg, uint32_t *
 }
 
 // Test hook for the non-finite guard: DSV3_FAULT_NAN_STEPS="3,4,5" poisons the gradients of those steps (1-based),
-// as an overflow in a kernel would. Parsed once; an unset variable costs nothing.
-static int fault_nan_at(long step) {
+// as an overflow in a kernel would. Read once at start-up into a small list; unset means an empty list.
+#define FAULT_MAX 64
+typedef struct { long steps[FAULT_MAX]; int n; } FaultSteps;
+
+static FaultSteps fault_steps_read(void) {
+    FaultSteps f = {.n = 0};
     const char *env = getenv("DSV3_FAULT_NAN_STEPS");
-    if (!env) return 0;
-    for (const char *p = env; *p;) {
+    for (const char *p = env; p && *p && f.n < FAULT_MAX;) {
         char *end;
         long s = strtol(p, &end, 10);
         if (end == p) break;
-        if (s == step) return 1;
+        f.steps[f.n++] = s;
         p = *end == ',' ? end + 1 : end;
     }
+    return f;
+}
+
+static int fault_nan_at(const FaultSteps *f, long step) {
+    for (int i = 0; i < f->n; i++)
+        if (f->steps[i] == step) return 1;
     return 0;
 }
 
@@ -217,6 +226,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
     snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", cfg->log.run_dir);
     FILE *metrics = metrics_open(metrics_path, step);
 
+    const FaultSteps faults = fault_steps_read();
     signals_install();
     long last_saved = step > 0 ? step : -1;
     double t_start = wall_s(), tokens_start = n_tokens;
@@ -242,7 +252,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
             step_loss.balance_loss += l.balance_loss / n_micro;
             step_loss.total += l.total / n_micro;
         }
-        if (fault_nan_at(step + 1)) {
+        if (fault_nan_at(&faults, step + 1)) {
             float nan = NAN;
             be->upload(grads, &nan, sizeof nan);
         }
