@@ -55,6 +55,7 @@ typedef struct {
 
 typedef struct Backend {
     const char *name;
+    int bf16;   // 1 when the activation ops take BF16 tensors (cuda); the cpu backend is the FP32 reference (0)
 
     // ---- memory (device memory for cuda, host for cpu) ----
     void *(*alloc)(size_t bytes);                       // dies on failure; zero-filled
@@ -93,6 +94,9 @@ typedef struct Backend {
     // Column block copy: dst[:, dst_col : dst_col + ncols] [+]= src[:, src_col : src_col + ncols]; both 2-D with
     // the same row count. Splits and concatenations (MLA's [c_kv ; k_rope], MTP's [emb ; h]) and their backward.
     void (*copy_cols)(Tensor dst, int64_t dst_col, Tensor src, int64_t src_col, int64_t ncols, int accumulate);
+    // dst = src converted elementwise between F32 and BF16 (round to nearest even), same number of elements; any of
+    // the four dtype pairs. The BF16 model's weight copies and the BF16 view of its FP32 residual gradient.
+    void (*convert)(Tensor dst, Tensor src);
 
     // ---- embedding and loss ----
     // out (N, d) = table[ids]      ids (N) I32

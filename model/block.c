@@ -23,8 +23,9 @@ void block_backward(Model *m, Layer *L, Tensor dx) {
         if (L->is_moe) moe_recompute(m, L);
         else ffn_recompute(be, &L->ffn);
     }
-    if (L->is_moe) moe_backward(m, L, dx, dh2);
-    else ffn_backward(be, &L->ffn, L->h2, dx, dh2, 0, &m->bs);
+    Tensor dxl = model_grad_lowp(m, dx);   // what the FFN's backward GEMMs read
+    if (L->is_moe) moe_backward(m, L, dxl, dh2);
+    else ffn_backward(be, &L->ffn, L->h2, dxl, dh2, 0, &m->bs);
     be->rmsnorm_backward(dx, L->post_norm.g, dh2, L->x_mid, L->post_norm.w, L->rstd2, 1);
     mla_backward(m, L, dx);
 }

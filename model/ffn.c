@@ -14,9 +14,9 @@ void ffn_recompute(const Backend *be, Ffn *f) { be->swiglu_forward(f->a, f->g, f
 
 void ffn_backward(const Backend *be, Ffn *f, Tensor x, Tensor dout, Tensor dx, int accumulate_dx, BackScratch *bs) {
     int64_t n = x.shape[0], w = f->width;
-    Tensor da = tensor_2d(bs->dfa.data, DT_F32, n, w);
-    Tensor dg = tensor_2d(bs->dfg.data, DT_F32, n, w);
-    Tensor du = tensor_2d(bs->dfu.data, DT_F32, n, w);
+    Tensor da = tensor_2d(bs->dfa.data, bs->dfa.dtype, n, w);
+    Tensor dg = tensor_2d(bs->dfg.data, bs->dfg.dtype, n, w);
+    Tensor du = tensor_2d(bs->dfu.data, bs->dfu.dtype, n, w);
     be->matmul_backward(da, f->down.g, dout, f->a, f->down.w, 0);
     be->swiglu_backward(dg, du, da, f->g, f->u);
     be->matmul_backward(dx, f->gate.g, dg, x, f->gate.w, accumulate_dx);

@@ -11,6 +11,7 @@
 typedef struct {
     char *base;   // NULL while measuring
     size_t off;
+    DType adt;    // the activation dtype (m->adt)
 } Arena;
 
 static void *arena_take(Arena *a, size_t bytes) {
@@ -29,9 +30,13 @@ static Tensor i32(Arena *a, int64_t r, int64_t c) {
 static Tensor i32v(Arena *a, int64_t n) {
     return tensor_1d(arena_take(a, (size_t)n * sizeof(int32_t)), DT_I32, n);
 }
-// A kept tensor, or a view of the recompute scratch `shared` with this shape.
+// An activation in the model's activation dtype (BF16 under train.precision bf16, else F32).
+static Tensor act(Arena *a, int64_t r, int64_t c) {
+    return tensor_2d(arena_take(a, (size_t)(r * c) * dtype_size(a->adt)), a->adt, r, c);
+}
+// A kept activation, or a view of the recompute scratch `shared` with this shape.
 static Tensor kept_or(Arena *a, int recompute, Tensor shared, int64_t r, int64_t c) {
-    return recompute ? tensor_2d(shared.data, DT_F32, r, c) : f32(a, r, c);
+    return recompute ? tensor_2d(shared.data, a->adt, r, c) : act(a, r, c);
 }
 
 typedef struct {   // the recompute scratch (one of each; raw widths are the maxima over layers)
@@ -47,28 +52,28 @@ static void layout_layer(Model *m, Arena *a, Layer *L, const RecomputeScratch *r
 
     L->x_in = x_in;
     L->x_out = x_out;
-    L->x_mid = f32(a, N, d);
+    L->x_mid = f32(a, N, d);   // the residual stream stays FP32 (RECIPE.md 1)
     L->rstd1 = f32v(a, N);
     L->h = kept_or(a, R, rs->h, N, d);
     if (qlr > 0) {
-        L->qa = f32(a, N, qlr);
+        L->qa = act(a, N, qlr);
         L->rstd_q = f32v(a, N);
         L->cq = kept_or(a, R, rs->cq, N, qlr);
     }
     L->q = kept_or(a, R, rs->q, N, H * (nope + rope));
-    L->ckv = f32(a, N, kvlr);
-    L->krope = f32(a, N, rope);
+    L->ckv = act(a, N, kvlr);
+    L->krope = act(a, N, rope);
     L->rstd_kv = f32v(a, N);
     L->ckvn = kept_or(a, R, rs->ckvn, N, kvlr);
     L->k = kept_or(a, R, rs->k, N, H * (nope + rope));
     L->v = kept_or(a, R, rs->v, N, H * dv);
-    L->o = f32(a, N, H * dv);
+    L->o = act(a, N, H * dv);
     L->lse = tensor_3d(arena_take(a, (size_t)N * H * sizeof(float)), DT_F32, m->B, H, m->T);
     L->rstd2 = f32v(a, N);
     L->h2 = kept_or(a, R, rs->h2, N, d);
     if (L->ffn.width > 0) {
-        L->ffn.g = f32(a, N, L->ffn.width);
-        L->ffn.u = f32(a, N, L->ffn.width);
+        L->ffn.g = act(a, N, L->ffn.width);
+        L->ffn.u = act(a, N, L->ffn.width);
         L->ffn.a = kept_or(a, R, rs->fa, N, L->ffn.width);
     }
     if (L->is_moe) {
@@ -77,11 +82,11 @@ static void layout_layer(Model *m, Arena *a, Layer *L, const RecomputeScratch *r
         L->gates = f32(a, N, K);
         L->order = i32v(a, N * K);
         L->offsets = i32v(a, E + 1);
-        L->xs = f32(a, N * K, d);
-        L->eg = f32(a, N * K, mi);
-        L->eu = f32(a, N * K, mi);
+        L->xs = act(a, N * K, d);
+        L->eg = act(a, N * K, mi);
+        L->eu = act(a, N * K, mi);
         L->ea = kept_or(a, R, rs->ea, N * K, mi);
-        L->ey = f32(a, N * K, d);
+        L->ey = act(a, N * K, d);
     }
 }
 
@@ -102,36 +107,40 @@ static void layout_all(Model *m, Arena *a) {
     m->ids = i32(a, D + 2, N);
     for (int l = 0; l <= m->n_main; l++) m->res[l] = f32(a, N, d);
     m->dx = f32(a, N, d);
-    m->kva = f32(a, N, kvlr + rope);
-    m->kv = f32(a, N, H * (nope + dv));
+    m->kva = act(a, N, kvlr + rope);
+    m->kv = act(a, N, H * (nope + dv));
+    // The BF16 view of the FP32 residual gradient that the backward GEMMs read (F32: dx itself).
+    m->dxb = a->adt == DT_F32 ? m->dx : act(a, N, d);
     m->router_logits = f32(a, N, E);
     if (m->stage.has_head) {
         m->rstd_f = f32v(a, N);
-        m->hn_f = f32(a, N, d);
-        m->head_logits = f32(a, m->head_chunk, V);
+        m->hn_f = act(a, N, d);
+        m->head_logits = f32(a, m->head_chunk, V);   // FP32 logits into the softmax
+        // BF16: the chunk's loss gradient for the BF16 head GEMMs (F32: written over the logits)
+        m->head_dlogits = a->adt == DT_F32 ? m->head_logits : act(a, m->head_chunk, V);
         m->losses = f32v(a, N);
-        m->dhn = f32(a, N, d);
+        m->dhn = act(a, N, d);
     }
 
     RecomputeScratch rs = {0};
     if (R) {
-        rs.h = f32(a, N, d);
-        rs.cq = f32(a, N, qlr > 0 ? qlr : 1);
-        rs.q = f32(a, N, H * (nope + rope));
-        rs.ckvn = f32(a, N, kvlr);
-        rs.k = f32(a, N, H * (nope + rope));
-        rs.v = f32(a, N, H * dv);
-        rs.h2 = f32(a, N, d);
-        rs.fa = f32(a, N, max_ffn);
-        rs.ea = f32(a, N * K, mi);
-        rs.cat = f32(a, N, 2 * d);
+        rs.h = act(a, N, d);
+        rs.cq = act(a, N, qlr > 0 ? qlr : 1);
+        rs.q = act(a, N, H * (nope + rope));
+        rs.ckvn = act(a, N, kvlr);
+        rs.k = act(a, N, H * (nope + rope));
+        rs.v = act(a, N, H * dv);
+        rs.h2 = act(a, N, d);
+        rs.fa = act(a, N, max_ffn);
+        rs.ea = act(a, N * K, mi);
+        rs.cat = act(a, N, 2 * d);
     }
     for (int l = 0; l < m->n_main; l++) layout_layer(m, a, &m->layers[l], &rs, m->res[l], m->res[l + 1]);
 
     Tensor en = {0}, hn = {0};
     if (m->n_mtp > 0) {
-        en = f32(a, N, d);
-        hn = f32(a, N, d);
+        en = act(a, N, d);
+        hn = act(a, N, d);
     }
     for (int i = 0; i < m->n_mtp; i++) {
         MtpDepth *p = &m->mtp[i];
@@ -148,46 +157,48 @@ static void layout_all(Model *m, Arena *a) {
     }
 
     BackScratch *bs = &m->bs;
-    bs->dh = f32(a, N, d);
-    bs->d_o = f32(a, N, H * dv);
-    bs->dq = f32(a, N, H * (nope + rope));
+    bs->dh = act(a, N, d);
+    bs->d_o = act(a, N, H * dv);
+    bs->dq = act(a, N, H * (nope + rope));
     if (qlr > 0) {
-        bs->dcq = f32(a, N, qlr);
-        bs->dqa = f32(a, N, qlr);
+        bs->dcq = act(a, N, qlr);
+        bs->dqa = act(a, N, qlr);
     }
-    bs->dkva = f32(a, N, kvlr + rope);
-    bs->dckvn = f32(a, N, kvlr);
-    bs->dckv = f32(a, N, kvlr);
-    bs->dkrope = f32(a, N, rope);
-    bs->dkv = f32(a, N, H * (nope + dv));
-    bs->dk = f32(a, N, H * (nope + rope));
-    bs->dv = f32(a, N, H * dv);
-    bs->dfa = f32(a, N, max_ffn);
-    bs->dfg = f32(a, N, max_ffn);
-    bs->dfu = f32(a, N, max_ffn);
+    bs->dkva = act(a, N, kvlr + rope);
+    bs->dckvn = act(a, N, kvlr);
+    bs->dckv = act(a, N, kvlr);
+    bs->dkrope = act(a, N, rope);
+    bs->dkv = act(a, N, H * (nope + dv));
+    bs->dk = act(a, N, H * (nope + rope));
+    bs->dv = act(a, N, H * dv);
+    bs->dfa = act(a, N, max_ffn);
+    bs->dfg = act(a, N, max_ffn);
+    bs->dfu = act(a, N, max_ffn);
     if (m->n_moe > 0) {
         bs->dlogits = f32(a, N, E);
+        bs->dlogits_lp = a->adt == DT_F32 ? bs->dlogits : act(a, N, E);
         bs->dscores = f32(a, N, E);
         bs->dgates = f32(a, N, K);
-        bs->dys = f32(a, N * K, d);
-        bs->dxs = f32(a, N * K, d);
-        bs->dxs2 = f32(a, N * K, d);
-        bs->dea = f32(a, N * K, mi);
-        bs->deg = f32(a, N * K, mi);
-        bs->deu = f32(a, N * K, mi);
+        bs->dys = act(a, N * K, d);
+        bs->dxs = act(a, N * K, d);
+        bs->dxs2 = act(a, N * K, d);
+        bs->dea = act(a, N * K, mi);
+        bs->deg = act(a, N * K, mi);
+        bs->deu = act(a, N * K, mi);
     }
     if (m->n_mtp > 0) {
-        bs->dcat = f32(a, N, 2 * d);
-        bs->dtmp = f32(a, N, d);
+        bs->dcat = act(a, N, 2 * d);
+        bs->dtmp = act(a, N, d);
+        bs->demb = f32(a, N, d);
     }
 }
 
 void model_layout_activations(Model *m) {
-    Arena a = {NULL, 0};
+    Arena a = {NULL, 0, m->adt};
     layout_all(m, &a);
     m->arena_bytes = a.off;
     m->arena = m->be->alloc(a.off);
-    a = (Arena){m->arena, 0};
+    a = (Arena){m->arena, 0, m->adt};
     layout_all(m, &a);
     CHECK(a.off == m->arena_bytes, "model: activation layout is not reproducible (%zu vs %zu bytes)", a.off,
           m->arena_bytes);

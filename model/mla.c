@@ -21,7 +21,7 @@ static void mla_query(Model *m, Layer *L) {
     const ModelConfig *mc = &m->mc;
     if (mc->q_lora_rank > 0) be->matmul_forward(L->q, L->cq, L->q_b.w, 0);
     else be->matmul_forward(L->q, L->h, L->q_proj.w, 0);
-    Tensor q3 = tensor_3d(L->q.data, DT_F32, m->N, mc->n_heads, mc->qk_nope_head_dim + mc->qk_rope_head_dim);
+    Tensor q3 = tensor_3d(L->q.data, L->q.dtype, m->N, mc->n_heads, mc->qk_nope_head_dim + mc->qk_rope_head_dim);
     be->rope_apply(q3, mc->qk_nope_head_dim, mc->qk_rope_head_dim, m->cos, m->sin, m->T, 0);
 }
 
@@ -51,7 +51,7 @@ void mla_forward(Model *m, Layer *L) {
     be->matmul_forward(m->kva, L->h, L->kv_a.w, 0);                 // (N, kvlr + rope)
     be->copy_cols(L->ckv, 0, m->kva, 0, kvlr, 0);
     be->copy_cols(L->krope, 0, m->kva, kvlr, rope, 0);
-    be->rope_apply(tensor_3d(L->krope.data, DT_F32, m->N, 1, rope), 0, rope, m->cos, m->sin, m->T, 0);
+    be->rope_apply(tensor_3d(L->krope.data, L->krope.dtype, m->N, 1, rope), 0, rope, m->cos, m->sin, m->T, 0);
     mla_keys_values(m, L);
 
     be->attention_forward(as_heads(L->o, m->B, m->T, H), L->lse, as_heads(L->q, m->B, m->T, H),
@@ -79,16 +79,16 @@ void mla_backward(Model *m, Layer *L, Tensor dx) {
     int kvlr = mc->kv_lora_rank, rope = mc->qk_rope_head_dim, nope = mc->qk_nope_head_dim, H = mc->n_heads;
     int B = m->B, T = m->T, N = m->N;
 
-    be->matmul_backward(bs->d_o, L->o_proj.g, dx, L->o, L->o_proj.w, 0);
+    be->matmul_backward(bs->d_o, L->o_proj.g, model_grad_lowp(m, dx), L->o, L->o_proj.w, 0);
     if (m->cfg.train.recompute) mla_recompute(m, L);
     be->attention_backward(as_heads(bs->dq, B, T, H), as_heads(bs->dk, B, T, H), as_heads(bs->dv, B, T, H),
                            as_heads(bs->d_o, B, T, H), as_heads(L->q, B, T, H), as_heads(L->k, B, T, H),
                            as_heads(L->v, B, T, H), as_heads(L->o, B, T, H), L->lse, m->softmax_scale);
     // RoPE is a rotation: its backward rotates the gradient back.
-    be->rope_apply(tensor_3d(bs->dq.data, DT_F32, N, H, nope + rope), nope, rope, m->cos, m->sin, T, 1);
+    be->rope_apply(tensor_3d(bs->dq.data, bs->dq.dtype, N, H, nope + rope), nope, rope, m->cos, m->sin, T, 1);
     be->mla_kv_assemble_backward(bs->dkv, bs->dkrope, per_head(bs->dk, H), per_head(bs->dv, H), nope, rope,
                                  mc->v_head_dim);
-    be->rope_apply(tensor_3d(bs->dkrope.data, DT_F32, N, 1, rope), 0, rope, m->cos, m->sin, T, 1);
+    be->rope_apply(tensor_3d(bs->dkrope.data, bs->dkrope.dtype, N, 1, rope), 0, rope, m->cos, m->sin, T, 1);
 
     be->matmul_backward(bs->dckvn, L->kv_b.g, bs->dkv, L->ckvn, L->kv_b.w, 0);
     be->rmsnorm_backward(bs->dckv, L->kv_a_norm.g, bs->dckvn, L->ckv, L->kv_a_norm.w, L->rstd_kv, 0);

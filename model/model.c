@@ -14,8 +14,19 @@ static Tensor param_view(float *base, const ParamInfo *p) {
     return tensor_2d(base + p->offset, DT_F32, p->shape[0], p->shape[1]);
 }
 
+// Matrices read by GEMMs: the BF16 copy under a BF16 model; norm weights and the embedding table (read by the
+// RMSNorm and embedding ops, not by GEMMs) always the FP32 master.
+static int reads_lowp(const Model *m, const ParamInfo *p) {
+    return m->wlp && p->kind != PARAM_NORM && p->kind != PARAM_EMBED;
+}
+
 static Weight weight_of(Model *m, const ParamInfo *p) {
-    return (Weight){param_view(m->params, p), param_view(m->grads, p)};
+    Weight w = {param_view(m->params, p), param_view(m->grads, p)};
+    if (reads_lowp(m, p)) {
+        w.w.data = (uint16_t *)m->wlp + p->offset;
+        w.w.dtype = DT_BF16;
+    }
+    return w;
 }
 
 __attribute__((format(printf, 2, 3))) static Weight weight(Model *m, const char *fmt, ...) {
@@ -32,8 +43,10 @@ static Weight expert_block(Model *m, int layer, const char *proj) {
     const ParamInfo *p = params_expert_block(&m->table, layer, proj);
     CHECK(p, "model: layer %d has no routed-expert %s block in the parameter table", layer, proj);
     int64_t E = m->table.expert_end - m->table.expert_begin;
-    return (Weight){tensor_3d(m->params + p->offset, DT_F32, E, p->shape[0], p->shape[1]),
-                    tensor_3d(m->grads + p->offset, DT_F32, E, p->shape[0], p->shape[1])};
+    Weight w = {tensor_3d(m->params + p->offset, DT_F32, E, p->shape[0], p->shape[1]),
+                tensor_3d(m->grads + p->offset, DT_F32, E, p->shape[0], p->shape[1])};
+    if (reads_lowp(m, p)) w.w = tensor_3d((uint16_t *)m->wlp + p->offset, DT_BF16, E, p->shape[0], p->shape[1]);
+    return w;
 }
 
 static void layer_bind(Model *m, Layer *L, int layer) {
@@ -108,6 +121,20 @@ static void model_check_config(const ModelConfig *mc, const StageSpec *s, int B,
     }
 }
 
+// train.precision -> the activation dtype, or a clear stop for what this build cannot run.
+static DType model_act_dtype(const Config *cfg, const Backend *be) {
+    switch (cfg->train.precision) {
+    case PRECISION_FP32: return DT_F32;
+    case PRECISION_BF16:
+        CHECK(be->bf16, "train.precision: bf16 needs a backend with BF16 kernels (train.backend: cuda); the %s "
+              "backend computes in FP32 only (it is the reference): set train.precision: fp32", be->name);
+        return DT_BF16;
+    case PRECISION_FP8: break;
+    }
+    die("train.precision: fp8 (E4M3 GEMMs with 1x128 / 128x128 block scales, RECIPE.md 3) is not built yet: use "
+        "bf16 (cuda) or fp32");
+}
+
 Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B, int T) {
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *cfg;
@@ -122,6 +149,9 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
     params_build(&m->table, mc, &stage);
     m->params = be->alloc((size_t)m->table.total * sizeof(float));
     m->grads = be->alloc((size_t)m->table.total * sizeof(float));
+    m->adt = model_act_dtype(cfg, be);
+    if (m->adt == DT_BF16) m->wlp = be->alloc((size_t)m->table.total * sizeof(uint16_t));
+    m->wlp_stale = 1;
 
     int E = mc->n_routed_experts, K = mc->n_activated_experts, N = m->N, D = mc->mtp_depth;
     m->n_moe = params_moe_layers(mc, &stage, NULL, 0);
@@ -189,6 +219,7 @@ void model_free(Model *m) {
     be->free(m->arena);
     be->free(m->params);
     be->free(m->grads);
+    if (m->wlp) be->free(m->wlp);
     for (int l = 0; l < m->n_main + m->n_mtp; l++) free(m->layers[l].offsets_host);
     free(m->layers);
     free(m->moe_layer);
@@ -209,7 +240,20 @@ void model_free(Model *m) {
 // ---- accessors ----
 
 const ParamTable *model_params(const Model *m) { return &m->table; }
-float *model_param_data(Model *m) { return m->params; }
+// A caller that gets the master parameters may write them: the BF16 copy is remade before the next forward.
+float *model_param_data(Model *m) {
+    m->wlp_stale = 1;
+    return m->params;
+}
+void model_params_changed(Model *m) { m->wlp_stale = 1; }
+DType model_act_dtype_of(const Model *m) { return m->adt; }
+
+Tensor model_grad_lowp(Model *m, Tensor g) {
+    if (m->adt == DT_F32) return g;
+    Tensor b = tensor_2d(m->dxb.data, m->adt, g.shape[0], g.shape[1]);
+    m->be->convert(b, g);
+    return b;
+}
 float *model_grad_data(Model *m) { return m->grads; }
 size_t model_arena_bytes(const Model *m) { return m->arena_bytes; }
 int model_batch(const Model *m) { return m->B; }
@@ -279,6 +323,7 @@ void model_init(Model *m, uint64_t seed) {
         m->be->upload(m->params + p->offset, host, (size_t)p->numel * sizeof(float));
     }
     free(host);
+    m->wlp_stale = 1;
 }
 
 // ---- the stage step ----
@@ -307,6 +352,10 @@ static void upload_tokens(Model *m, const int32_t *tokens) {
 // Embedding (when owned) and the main layers; returns their balance loss.
 static double forward_layers(Model *m, const int32_t *tokens, float grad_scale, float balance_alpha, int train) {
     const Backend *be = m->be;
+    if (m->wlp && m->wlp_stale) {   // one conversion pass over every parameter, once per optimizer step
+        be->convert(tensor_1d(m->wlp, DT_BF16, m->table.total), tensor_1d(m->params, DT_F32, m->table.total));
+        m->wlp_stale = 0;
+    }
     upload_tokens(m, tokens);
     m->train = train;
     m->grad_scale = grad_scale;

@@ -51,6 +51,11 @@ void model_free(Model *m);
 const ParamTable *model_params(const Model *m);
 float *model_param_data(Model *m);   // backend memory, table offsets
 float *model_grad_data(Model *m);    // backend memory, table offsets
+// After the master parameters were written (optimizer step, checkpoint load, import): under train.precision bf16
+// the BF16 copy the GEMMs read is remade before the next forward. (model_param_data marks it too.)
+void model_params_changed(Model *m);
+// The activation dtype: DT_F32, or DT_BF16 under train.precision bf16.
+DType model_act_dtype_of(const Model *m);
 // Bytes of the activation arena (for memory reports).
 size_t model_arena_bytes(const Model *m);
 // The shape the model was created for (model_create's B and T) and its model config (vocab_size, mtp_depth, ...):

@@ -5,6 +5,12 @@
 // Shapes: N = B*T tokens, d = dim, H = heads, nope/rope/dv = per-head dims, qlr/kvlr = LoRA ranks, E = routed
 // experts, K = top-k, mi = moe_inter_dim, V = vocab. "[R]" marks a tensor that, with recompute on, lives in the
 // shared recompute scratch and is recomputed in backward from the tensors that are kept.
+//
+// Precision: activations live in m->adt: F32, or BF16 under train.precision bf16 (cuda). The residual stream (x_in,
+// x_mid, x_out, its gradient dx), RMSNorm rstd, attention lse, router logits, scores, gates, the head's logits and
+// the losses stay F32 whatever adt is. Matrix weights are read through a BF16 copy of the FP32 master parameters
+// (m->wlp, refreshed before a forward when the parameters changed); norm weights and the embedding table read the
+// FP32 master directly. Gradients are FP32.
 #ifndef MODEL_IMPL_H
 #define MODEL_IMPL_H
 
@@ -57,10 +63,12 @@ typedef struct {
     Tensor dkva, dckvn, dckv, dkrope, dkv;   // (N, kvlr+rope), (N, kvlr) x2, (N, rope), (N, H*(nope+dv))
     Tensor dk, dv;                           // (N, H*(nope+rope)), (N, H*dv)
     Tensor dfa, dfg, dfu;                    // (N, max(I, shared I)) raw (views take the width)
-    Tensor dlogits, dscores, dgates;         // (N, E), (N, E), (N, K)
+    Tensor dlogits, dscores, dgates;         // (N, E), (N, E), (N, K) F32
+    Tensor dlogits_lp;                       // (N, E) dlogits in adt for the router's backward GEMM (F32: dlogits)
     Tensor dys, dxs, dxs2;                   // (N*K, d)
     Tensor dea, deg, deu;                    // (N*K, mi)
     Tensor dcat, dtmp;                       // (N, 2d), (N, d) MTP
+    Tensor demb;                             // (N, d) F32 MTP: gradient w.r.t. the embedding rows
 } BackScratch;
 
 // One MTP depth k (1-based in the text, index k-1 here).
@@ -82,6 +90,9 @@ struct Model {
     ParamTable table;
     int B, T, N;
     float *params, *grads;                   // backend, table.total floats each
+    DType adt;                               // activation dtype: DT_F32, or DT_BF16 (train.precision bf16)
+    void *wlp;                               // BF16 copy of params (table.total) when adt is BF16, else NULL
+    int wlp_stale;                           // params changed since wlp was made
 
     int n_main;                              // main layers of this stage
     int n_mtp;                               // MTP depths of this stage (D or 0)
@@ -110,8 +121,10 @@ struct Model {
     Tensor ids;                              // (D + 2, N) I32: row j = tokens[:, j:T+j]
     Tensor *res;                             // n_main + 1 residual stream buffers (N, d); res[0] = stage input
     Tensor dx;                               // (N, d) main residual gradient = model_stage_grad
+    Tensor dxb;                              // (N, d) adt copy of a residual gradient for backward GEMMs (F32: dx)
     Tensor kva, kv, router_logits;           // scratch (N, kvlr+rope), (N, H*(nope+dv)), (N, E)
-    Tensor rstd_f, hn_f, head_logits, losses, dhn;  // (N), (N, d), (chunk, V), (N), (N, d)
+    Tensor rstd_f, hn_f, head_logits, losses, dhn;  // (N), (N, d), (chunk, V) F32, (N), (N, d)
+    Tensor head_dlogits;                     // (chunk, V) adt (F32: the same buffer as head_logits)
     int head_chunk;                          // rows per head chunk
     BackScratch bs;
     int32_t *host_ids;                       // (D + 2, N) staging
@@ -164,5 +177,9 @@ void mtp_backward(Model *m, int i, Tensor h_prev, Tensor dprev);
 
 // The row of tokens shifted by j: (N) I32.
 Tensor model_ids(Model *m, int j);
+
+// A residual-stream gradient g (N, d) F32 as the backward GEMMs read it: g itself when adt is F32, else its BF16
+// copy in m->dxb (valid until the next call).
+Tensor model_grad_lowp(Model *m, Tensor g);
 
 #endif

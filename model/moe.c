@@ -127,5 +127,6 @@ void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2) {
         be->moe_balance_loss(dscores, L->scores, L->topk, m->B, m->T, K, m->balance_alpha, m->grad_scale);
     }
     be->moe_route_backward(bs->dlogits, bs->dgates, dscores, L->scores, L->topk, m->rp);
-    be->matmul_backward(dh2, L->router.g, bs->dlogits, L->h2, L->router.w, 1);
+    if (bs->dlogits_lp.data != bs->dlogits.data) be->convert(bs->dlogits_lp, bs->dlogits);
+    be->matmul_backward(dh2, L->router.g, bs->dlogits_lp, L->h2, L->router.w, 1);
 }

@@ -214,8 +214,10 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
     char resume_path[CKPT_PATH_MAX];
     if (ckpt_resolve_resume(ck.root, topt->resume ? topt->resume : "", resume_path, sizeof resume_path)) {
         trainer_load(&ck, resume_path, &step, &n_tokens, &counters);
+        model_params_changed(m);
     } else if (topt->init_from && topt->init_from[0]) {
         hf_import(topt->init_from, mc, table, be, params, ck.bias, n_moe);
+        model_params_changed(m);
         log_info("initialized from %s", topt->init_from);
     }
 
@@ -283,6 +285,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         AdamWHyper h = {lr, (float)tc->beta1, (float)tc->beta2, (float)tc->eps, (float)tc->weight_decay,
                         (float)tc->grad_clip};
         adamw_step(&opt, params, grads, &h, gnorm);
+        model_params_changed(m);   // the BF16 weight copy (train.precision bf16) is remade from the new masters
         for (int i = 0; i < n_moe; i++)
             max_vio[i] = moe_bias_update(model_expert_bias(m, i), model_expert_counts(m, i), E, gamma);
 

@@ -24,6 +24,7 @@ const Backend backend_cpu = {
     .swiglu_backward = cpu_swiglu_backward,
     .axpy = cpu_axpy,
     .copy_cols = cpu_copy_cols,
+    .convert = cpu_convert,
 
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,

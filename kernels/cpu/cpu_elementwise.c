@@ -82,3 +82,20 @@ void cpu_copy_cols(Tensor dst, int64_t dst_col, Tensor src, int64_t src_col, int
             for (int64_t j = 0; j < ncols; j++) dr[j] = sr[j];
     }
 }
+
+// dst = src between F32 and BF16 (round to nearest even: bf16_from_f32), element by element.
+void cpu_convert(Tensor dst, Tensor src) {
+    const char *op = "convert";
+    if (dst.dtype != DT_F32 && dst.dtype != DT_BF16) cpu_need(op, "dst", &dst, DT_F32, 0);
+    if (src.dtype != DT_F32 && src.dtype != DT_BF16) cpu_need(op, "src", &src, DT_F32, 0);
+    cpu_need(op, "dst", &dst, dst.dtype, 0);
+    cpu_need(op, "src", &src, src.dtype, 0);
+    int64_t n = tensor_numel(&src);
+    cpu_agree(op, "dst", &dst, tensor_numel(&dst), "src", &src, n, "size");
+#pragma omp parallel for schedule(static) if (n > CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = src.dtype == DT_F32 ? ((const float *)src.data)[i] : bf16_to_f32(((const uint16_t *)src.data)[i]);
+        if (dst.dtype == DT_F32) ((float *)dst.data)[i] = v;
+        else ((uint16_t *)dst.data)[i] = bf16_from_f32(v);
+    }
+}

@@ -50,6 +50,7 @@ void cpu_swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void cpu_swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 void cpu_axpy(Tensor y, Tensor x, float alpha);
 void cpu_copy_cols(Tensor dst, int64_t dst_col, Tensor src, int64_t src_col, int64_t ncols, int accumulate);
+void cpu_convert(Tensor dst, Tensor src);
 
 // ---- embedding (cpu_embedding.c) and loss (cpu_loss.c) ----
 void cpu_embedding_forward(Tensor out, Tensor ids, Tensor table);

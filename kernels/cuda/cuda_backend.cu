@@ -7,6 +7,7 @@ extern "C" const Backend backend_cuda;
 // Positional order is the order of the members of Backend (C++ designated initializers must follow it too).
 extern "C" const Backend backend_cuda = {
     .name = "cuda",
+    .bf16 = 1,
 
     .alloc = cuda_alloc,
     .free = cuda_free,
@@ -27,6 +28,7 @@ extern "C" const Backend backend_cuda = {
     .swiglu_backward = cuda_swiglu_backward,
     .axpy = cuda_axpy,
     .copy_cols = cuda_copy_cols,
+    .convert = cuda_convert,
 
     .embedding_forward = cuda_embedding_forward,
     .embedding_backward = cuda_embedding_backward,

@@ -165,6 +165,7 @@ void cuda_swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void cuda_swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 void cuda_axpy(Tensor y, Tensor x, float alpha);
 void cuda_copy_cols(Tensor dst, int64_t dst_col, Tensor src, int64_t src_col, int64_t ncols, int accumulate);
+void cuda_convert(Tensor dst, Tensor src);
 
 void cuda_embedding_forward(Tensor out, Tensor ids, Tensor table);
 void cuda_embedding_backward(Tensor dtable, Tensor dout, Tensor ids);

@@ -123,3 +123,24 @@ extern "C" void cuda_copy_cols(Tensor dst, int64_t dst_col, Tensor src, int64_t 
     });
     CUDA_LAUNCH_CHECK("copy_cols_kernel");
 }
+
+template <typename TD, typename TS> __global__ void convert_kernel(TD *dst, const TS *src, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = from_f<TD>(to_f(src[i]));
+}
+
+// dst = src between F32 and BF16 (__float2bfloat16_rn: round to nearest even, as the cpu's bf16_from_f32).
+extern "C" void cuda_convert(Tensor dst, Tensor src) {
+    const char *op = "convert";
+    cuda_need_float(op, "dst", &dst, 0);
+    cuda_need_float(op, "src", &src, 0);
+    int64_t n = tensor_numel(&src);
+    cpu_agree(op, "dst", &dst, tensor_numel(&dst), "src", &src, n, "size");
+    if (n == 0) return;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(dst.dtype, TD, DISPATCH_FLOAT(src.dtype, TS, {
+        convert_kernel<TD, TS><<<cuda_grid(n, EW_THREADS), EW_THREADS, 0, s>>>((TD *)dst.data, (const TS *)src.data,
+                                                                              n);
+    }));
+    CUDA_LAUNCH_CHECK("convert_kernel");
+}

@@ -2,7 +2,8 @@
 //   losses (N) = logsumexp(row) - row[target];  dlogits (N, V) = grad_scale * (softmax(row) - onehot(target)).
 // Three passes over the row (max, sum of exponentials, gradient); dlogits may alias logits because each element is
 // read and then written by the same thread in the last pass, after the loss has been computed.
-// FP32 logits (the head's output). TO REPLACE (issue 5): the head GEMM fused with a vocabulary-chunked softmax.
+// FP32 logits (the head's output); dlogits F32 (may alias) or BF16 (a separate buffer: the BF16 model feeds it to
+// the head's BF16 backward GEMMs). TO REPLACE (issue 5): the head GEMM fused with a vocabulary-chunked softmax.
 #include "kernels/cuda/cuda_common.cuh"
 
 #include <math.h>
@@ -20,8 +21,9 @@ template <bool IS_MAX> __device__ float block_reduce(float v, float *red) {
     return IS_MAX ? warp_max(r) : warp_sum(r);
 }
 
+template <typename TD>
 __global__ void __launch_bounds__(CE_THREADS)
-    cross_entropy_kernel(float *losses, float *dlogits, const float *logits, const int32_t *targets, int64_t N,
+    cross_entropy_kernel(float *losses, TD *dlogits, const float *logits, const int32_t *targets, int64_t N,
                          int64_t V, float grad_scale, CudaDevError *err) {
     __shared__ float red[32];
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
@@ -42,10 +44,10 @@ __global__ void __launch_bounds__(CE_THREADS)
         if (threadIdx.x == 0) losses[n] = lse - xt;
         if (dlogits) {
             __syncthreads(); // x[tg] is read by every thread before any thread may overwrite it (aliasing)
-            float *dn = dlogits + n * V;
+            TD *dn = dlogits + n * V;
             for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
                 float g = grad_scale * expf(x[j] - lse);
-                dn[j] = j == tg ? g - grad_scale : g;
+                dn[j] = from_f<TD>(j == tg ? g - grad_scale : g);
             }
         }
     }
@@ -61,15 +63,19 @@ extern "C" void cuda_cross_entropy_forward_backward(Tensor losses, Tensor dlogit
     cpu_agree(op, "targets", &targets, tensor_numel(&targets), "logits", &logits, N, "N");
     cpu_agree(op, "losses", &losses, tensor_numel(&losses), "logits", &logits, N, "N");
     if (dlogits.data) {
-        cpu_need(op, "dlogits", &dlogits, DT_F32, 0);
+        cuda_need_float(op, "dlogits", &dlogits, 0);
+        if (dlogits.dtype != DT_F32 && (const char *)dlogits.data < (const char *)logits.data + N * V * 4 &&
+            (const char *)logits.data < (const char *)dlogits.data + N * V * 2)
+            die("%s: BF16 dlogits must not overlap the F32 logits (only F32 dlogits may alias them)", op);
         cpu_agree(op, "dlogits", &dlogits, tensor_numel(&dlogits), "logits", &logits, N * V, "size");
     }
     if (N == 0) return;
     if (V == 0) die("%s: logits have no columns", op);
     unsigned grid = (unsigned)(N < 65535 * 16 ? N : 65535 * 16);
-    cross_entropy_kernel<<<grid, CE_THREADS, 0, cuda_stream()>>>((float *)losses.data, (float *)dlogits.data,
-                                                                 (const float *)logits.data,
-                                                                 (const int32_t *)targets.data, N, V, grad_scale,
-                                                                 cuda_dev_error());
+    DISPATCH_FLOAT(dlogits.data ? dlogits.dtype : DT_F32, TD, {
+        cross_entropy_kernel<TD><<<grid, CE_THREADS, 0, cuda_stream()>>>(
+            (float *)losses.data, (TD *)dlogits.data, (const float *)logits.data, (const int32_t *)targets.data, N, V,
+            grad_scale, cuda_dev_error());
+    });
     CUDA_LAUNCH_CHECK("cross_entropy_kernel");
 }

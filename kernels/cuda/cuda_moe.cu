@@ -157,9 +157,10 @@ __global__ void moe_gather_bwd_kernel(T *dx, const T *dx_sorted, const int32_t *
     }
 }
 
-// out[t] (+)= sum over t's slots (ascending) of gates[order[slot]] * y_sorted[slot]
-template <typename T>
-__global__ void moe_combine_kernel(T *out, const T *y_sorted, const float *gates, const int32_t *order,
+// out[t] (+)= sum over t's slots (ascending) of gates[order[slot]] * y_sorted[slot]. out may be F32 (the BF16
+// model's FP32 residual stream) while y_sorted is BF16.
+template <typename T, typename TY>
+__global__ void moe_combine_kernel(T *out, const TY *y_sorted, const float *gates, const int32_t *order,
                                    const int32_t *slots, int64_t N, int64_t d, int K, int accumulate) {
     const int64_t n = N * d;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -245,7 +246,6 @@ extern "C" void cuda_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tens
     cuda_need_float(op, "out", &out, 2);
     cuda_need_float(op, "y_sorted", &y_sorted, 2);
     cpu_need(op, "gates", &gates, DT_F32, 2);
-    cuda_same_dtype(op, "out", &out, "y_sorted", &y_sorted);
     const int64_t N = out.shape[0], d = out.shape[1], K = gates.shape[1], NK = N * K;
     cpu_agree(op, "gates", &gates, gates.shape[0], "out", &out, N, "N");
     cpu_agree(op, "y_sorted", &y_sorted, y_sorted.shape[1], "out", &out, d, "d");
@@ -255,12 +255,12 @@ extern "C" void cuda_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tens
     if (K <= 0 || K > INT32_MAX) die("%s: gates have %lld columns", op, (long long)K);
     const int32_t *slots = moe_build_slots(&order, N, (int)K, ERR_COMBINE_ORDER);
     cudaStream_t s = cuda_stream();
-    DISPATCH_FLOAT(out.dtype, T, {
-        moe_combine_kernel<T><<<cuda_grid(N * d, 256), 256, 0, s>>>((T *)out.data, (const T *)y_sorted.data,
-                                                                    (const float *)gates.data,
-                                                                    (const int32_t *)order.data, slots, N, d, (int)K,
-                                                                    accumulate);
-    });
+    DISPATCH_FLOAT(out.dtype, T, DISPATCH_FLOAT(y_sorted.dtype, TY, {
+        moe_combine_kernel<T, TY><<<cuda_grid(N * d, 256), 256, 0, s>>>((T *)out.data, (const TY *)y_sorted.data,
+                                                                        (const float *)gates.data,
+                                                                        (const int32_t *)order.data, slots, N, d,
+                                                                        (int)K, accumulate);
+    }));
     CUDA_LAUNCH_CHECK("moe_combine_kernel");
 }
 

@@ -1,18 +1,20 @@
 // RMSNorm on the GPU: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), per row of x (M, d).
-// One warp per row (rows are 512..7168 wide: 16..224 elements per lane). Activations (inp, out, dout, dinp) share
-// one dtype, F32 or BF16; the weight may be F32 or BF16; rstd and dw are F32. The arithmetic follows the cpu op
+// One warp per row (rows are 512..7168 wide: 16..224 elements per lane). Each activation may be F32 or BF16 on its
+// own, except that dinp has inp's dtype: the BF16 model normalizes the FP32 residual stream into BF16 outputs, and
+// its backward adds a BF16 output gradient into the FP32 residual gradient. The weight may be F32 or BF16; rstd and
+// dw are F32. The arithmetic follows the cpu op
 // expression by expression; only the order of the row sums differs.
 #include "kernels/cuda/cuda_common.cuh"
 
 enum { NORM_WARPS = 8 }; // rows per block
 
-template <typename T, typename TW>
-__global__ void rmsnorm_fwd_kernel(T *out, float *rstd, const T *inp, const TW *w, int64_t M, int d, float eps) {
+template <typename TI, typename TO, typename TW>
+__global__ void rmsnorm_fwd_kernel(TO *out, float *rstd, const TI *inp, const TW *w, int64_t M, int d, float eps) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     if (row >= M) return;
-    const T *x = inp + row * d;
-    T *y = out + row * d;
+    const TI *x = inp + row * d;
+    TO *y = out + row * d;
     float ss = 0.0f;
     for (int j = lane; j < d; j += 32) {
         float v = to_f(x[j]);
@@ -21,18 +23,19 @@ __global__ void rmsnorm_fwd_kernel(T *out, float *rstd, const T *inp, const TW *
     ss = warp_sum(ss);
     const float rs = 1.0f / sqrtf(ss / (float)d + eps);
     if (lane == 0) rstd[row] = rs;
-    // Each lane rewrites only the elements it read, so out may alias inp.
-    for (int j = lane; j < d; j += 32) y[j] = from_f<T>(to_f(x[j]) * rs * to_f(w[j]));
+    // Each lane rewrites only the elements it read, so out may alias inp (when both have one dtype).
+    for (int j = lane; j < d; j += 32) y[j] = from_f<TO>(to_f(x[j]) * rs * to_f(w[j]));
 }
 
 // dx_j = rstd * (w_j dy_j - x_j * c), c = rstd^2 / d * sum_i w_i dy_i x_i
-template <typename T, typename TW>
-__global__ void rmsnorm_bwd_dx_kernel(T *dinp, const T *dout, const T *inp, const TW *w, const float *rstd, int64_t M,
+template <typename T, typename TG, typename TW>
+__global__ void rmsnorm_bwd_dx_kernel(T *dinp, const TG *dout, const T *inp, const TW *w, const float *rstd, int64_t M,
                                       int d, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     if (row >= M) return;
-    const T *x = inp + row * d, *g = dout + row * d;
+    const T *x = inp + row * d;
+    const TG *g = dout + row * d;
     T *dx = dinp + row * d;
     const float rs = rstd[row];
     float dot = 0.0f;
@@ -47,8 +50,8 @@ __global__ void rmsnorm_bwd_dx_kernel(T *dinp, const T *dout, const T *inp, cons
 
 // dw partial sums: block (column block, row chunk); thread = one column, rows of the chunk summed in order.
 // partial (chunks, d). Deterministic: no atomics, fixed chunking.
-template <typename T>
-__global__ void rmsnorm_bwd_dw_partial_kernel(float *partial, const T *dout, const T *inp, const float *rstd, int64_t M,
+template <typename T, typename TG>
+__global__ void rmsnorm_bwd_dw_partial_kernel(float *partial, const TG *dout, const T *inp, const float *rstd, int64_t M,
                                               int d, int64_t rows_per_chunk) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
@@ -73,7 +76,6 @@ extern "C" void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor
     cuda_need_float(op, "inp", &inp, 0);
     cuda_need_float(op, "w", &w, 1);
     cpu_need(op, "rstd", &rstd, DT_F32, 0);
-    cuda_same_dtype(op, "out", &out, "inp", &inp);
     int64_t M = cpu_rows(&inp), d = cpu_cols(&inp);
     cpu_agree(op, "inp", &inp, d, "w", &w, w.shape[0], "d");
     cpu_agree(op, "out", &out, tensor_numel(&out), "inp", &inp, M * d, "size");
@@ -82,11 +84,11 @@ extern "C" void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor
     if (d > INT32_MAX) die("%s: row length %lld too large", op, (long long)d);
     unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
     cudaStream_t s = cuda_stream();
-    DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(w.dtype, TW, {
-        rmsnorm_fwd_kernel<T, TW><<<grid, NORM_WARPS * 32, 0, s>>>((T *)out.data, (float *)rstd.data,
-                                                                   (const T *)inp.data, (const TW *)w.data, M, (int)d,
-                                                                   eps);
-    }));
+    DISPATCH_FLOAT(inp.dtype, TI, DISPATCH_FLOAT(out.dtype, TO, DISPATCH_FLOAT(w.dtype, TW, {
+        rmsnorm_fwd_kernel<TI, TO, TW><<<grid, NORM_WARPS * 32, 0, s>>>((TO *)out.data, (float *)rstd.data,
+                                                                        (const TI *)inp.data, (const TW *)w.data, M,
+                                                                        (int)d, eps);
+    })));
     CUDA_LAUNCH_CHECK("rmsnorm_fwd_kernel");
 }
 
@@ -97,7 +99,6 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
     cuda_need_float(op, "inp", &inp, 0);
     cuda_need_float(op, "w", &w, 1);
     cpu_need(op, "rstd", &rstd, DT_F32, 0);
-    cuda_same_dtype(op, "dout", &dout, "inp", &inp);
     int64_t M = cpu_rows(&inp), d = cpu_cols(&inp);
     cpu_agree(op, "inp", &inp, d, "w", &w, w.shape[0], "d");
     cpu_agree(op, "dout", &dout, tensor_numel(&dout), "inp", &inp, M * d, "size");
@@ -116,11 +117,11 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
     cudaStream_t s = cuda_stream();
     if (dinp.data) {
         unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
-        DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(w.dtype, TW, {
-            rmsnorm_bwd_dx_kernel<T, TW><<<grid, NORM_WARPS * 32, 0, s>>>(
-                (T *)dinp.data, (const T *)dout.data, (const T *)inp.data, (const TW *)w.data,
+        DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(dout.dtype, TG, DISPATCH_FLOAT(w.dtype, TW, {
+            rmsnorm_bwd_dx_kernel<T, TG, TW><<<grid, NORM_WARPS * 32, 0, s>>>(
+                (T *)dinp.data, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
                 (const float *)rstd.data, M, (int)d, accumulate_dinp);
-        }));
+        })));
         CUDA_LAUNCH_CHECK("rmsnorm_bwd_dx_kernel");
     }
     if (dw.data) {
@@ -130,10 +131,11 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
         int chunks = (int)((M + rows_per_chunk - 1) / rows_per_chunk);
         float *partial = (float *)cuda_scratch((size_t)chunks * (size_t)d * sizeof(float));
         dim3 grid((unsigned)((d + 127) / 128), (unsigned)chunks);
-        DISPATCH_FLOAT(inp.dtype, T, {
-            rmsnorm_bwd_dw_partial_kernel<T><<<grid, 128, 0, s>>>(partial, (const T *)dout.data, (const T *)inp.data,
-                                                                  (const float *)rstd.data, M, (int)d, rows_per_chunk);
-        });
+        DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(dout.dtype, TG, {
+            rmsnorm_bwd_dw_partial_kernel<T, TG><<<grid, 128, 0, s>>>(partial, (const TG *)dout.data,
+                                                                      (const T *)inp.data, (const float *)rstd.data,
+                                                                      M, (int)d, rows_per_chunk);
+        }));
         CUDA_LAUNCH_CHECK("rmsnorm_bwd_dw_partial_kernel");
         rmsnorm_bwd_dw_final_kernel<<<(unsigned)((d + 127) / 128), 128, 0, s>>>((float *)dw.data, partial, (int)d,
                                                                                chunks);
