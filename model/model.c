@@ -278,6 +278,19 @@ void model_reset_counts(Model *m) {
 }
 void model_zero_grads(Model *m) { m->be->zero(m->grads, (size_t)m->table.total * sizeof(float)); }
 void model_set_route_mode(Model *m, RouteMode mode) { m->route_mode = mode; }
+const int32_t *model_route_record(const Model *m, int i) {
+    check_moe_index(m, i);
+    return m->recorded[i] ? m->record + (int64_t)i * m->N * m->mc.n_activated_experts : NULL;
+}
+void model_route_load(Model *m, int i, const int32_t *choice) {
+    check_moe_index(m, i);
+    int64_t nk = (int64_t)m->N * m->mc.n_activated_experts;
+    for (int64_t j = 0; j < nk; j++)
+        CHECK(choice[j] >= 0 && choice[j] < m->mc.n_routed_experts, "model_route_load: layer %d entry %lld is expert "
+              "%d, outside [0, %d)", m->moe_layer[i], (long long)j, choice[j], m->mc.n_routed_experts);
+    memcpy(m->record + (int64_t)i * nk, choice, (size_t)nk * sizeof(int32_t));
+    m->recorded[i] = 1;
+}
 
 Tensor model_stage_input(Model *m) { return m->res[0]; }
 Tensor model_stage_output(Model *m) { return m->res[m->n_main]; }

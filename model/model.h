@@ -75,6 +75,11 @@ int64_t *model_expert_counts(Model *m, int i); // host [E]: tokens routed per ex
 void model_reset_counts(Model *m);
 void model_zero_grads(Model *m);
 void model_set_route_mode(Model *m, RouteMode mode);
+// The choice recorded under ROUTE_RECORD by MoE layer i: host [N, K] expert ids (NULL when none is recorded). And
+// model_route_load: gives a model another model's choice (same N and K) to replay, e.g. to compare two backends or
+// precisions under one routing.
+const int32_t *model_route_record(const Model *m, int i);
+void model_route_load(Model *m, int i, const int32_t *choice);
 
 // One micro-batch, forward + backward. tokens: host int32 [B, T + 1 + D] (D = model.mtp_depth). The main head reads
 // tokens[:, 0:T] and predicts tokens[:, 1:T+1]; MTP depth k embeds tokens[:, k:T+k] and predicts

@@ -418,7 +418,20 @@ static void die_logits_on_stage(void *arg) {
     model_forward_logits(m, tok, logits);
 }
 
+static void die_bf16_on_cpu(void *arg) {
+    Config c = tm_config();
+    c.train.precision = PRECISION_BF16;
+    model_create(&c, cpu(), params_full_stage(&c.model), 1, 4);
+}
+static void die_fp8(void *arg) {
+    Config c = tm_config();
+    c.train.precision = PRECISION_FP8;
+    model_create(&c, cpu(), params_full_stage(&c.model), 1, 4);
+}
+
 TEST(model_bad_input_errors) {
+    expect_death(die_bf16_on_cpu, NULL, "train.precision: bf16 needs a backend with BF16 kernels");
+    expect_death(die_fp8, NULL, "train.precision: fp8");
     int pos = 9;   // row 1 (of T + 1 + D = 8 columns), column 1
     expect_death(die_bad_token, &pos, "token 24 at micro-batch position [1, 1]");
     expect_death(die_mtp_without_embed, NULL, "need the embedding on the same stage");

@@ -218,3 +218,22 @@ TEST(ops_norm_loss_bad_inputs_die) {
     EXPECT_DIE(die_rmsnorm_bad_w, NULL, "rmsnorm_forward: inp (2, 4) and w (3) disagree on d");
     EXPECT_DIE(die_copy_cols_out_of_range, NULL, "copy_cols: columns out of range");
 }
+
+// convert: F32 -> BF16 rounds to nearest even (hand-picked bit patterns), BF16 -> F32 is exact, and the four dtype
+// pairs agree with the host helpers on random values.
+TEST(ops_convert_rounds_to_nearest_even) {
+    const Backend *be = backend_get("cpu");
+    // 1 + 2^-8 is halfway between BF16 1.0 (0x3F80) and 1 + 2^-7 (0x3F81): ties to the even 0x3F80; 1 + 3 * 2^-8 is
+    // halfway between 0x3F81 and 0x3F82: ties to the even 0x3F82; 1 + 2^-8 + 2^-20 is above halfway: 0x3F81.
+    float src[4] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -2.5f};
+    const uint16_t want[4] = {0x3F80, 0x3F82, 0x3F81, 0xC020};
+    uint16_t got[4];
+    be->convert(tensor_1d(got, DT_BF16, 4), tensor_1d(src, DT_F32, 4));
+    for (int i = 0; i < 4; i++) ASSERT_MSG(got[i] == want[i], "element %d: 0x%04X, expected 0x%04X", i, got[i], want[i]);
+    float back[4];
+    be->convert(tensor_2d(back, DT_F32, 2, 2), tensor_1d(got, DT_BF16, 4));   // any shapes of equal size
+    ASSERT(back[0] == 1.0f && back[1] == 1.0f + 0x1p-6f && back[2] == 1.0f + 0x1p-7f && back[3] == -2.5f);
+    float f2[4];
+    be->convert(tensor_1d(f2, DT_F32, 4), tensor_1d(src, DT_F32, 4));
+    ASSERT(memcmp(f2, src, sizeof src) == 0);
+}
