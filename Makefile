@@ -137,18 +137,14 @@ else
 	./$(BUILD)/bench_ops_gpu
 endif
 
-# The benchmarks that exist so far: the data loader and, with a GPU, the op micro-benchmark and the bench-1gpu model
-# on the cuda backend (FP32 activations for now), then the PyTorch peer (tests/bench/peer_hf.py) on the same GPU.
-# Still missing (issue 5): the BF16 model path and the printed ratio of our tokens/s over the peer's.
+# The benchmarks: the data loader and, with a GPU, the op micro-benchmark, then configs/bench-1gpu.yaml in BF16
+# (MTP 1 and 0: tokens/s, TFLOP/s, MFU, memory) beside the PyTorch peer on the same GPU, with the ratio
+# (tests/bench/bench_1gpu.sh).
 bench: deps
 	$(MAKE) --no-print-directory all $(BUILD)/bench_loader
 	./$(BUILD)/bench_loader
 	@if [ -n "$(CU_OBJ)" ] && nvidia-smi >/dev/null 2>&1; then \
-	    $(MAKE) --no-print-directory bench-ops-gpu && \
-	    ./$(BUILD)/train configs/bench-1gpu.yaml --set train.backend=cuda --set train.precision=fp32 \
-	        --set train.max_steps=6 --set log.run_dir=runs/bench-1gpu --resume none; \
-	    if python3 -c "import torch, transformers" 2>/dev/null; then python3 tests/bench/peer_hf.py; \
-	    else echo "bench: no torch/transformers: skipping the PyTorch peer"; fi; \
+	    $(MAKE) --no-print-directory bench-ops-gpu && bash tests/bench/bench_1gpu.sh $(BUILD); \
 	else echo "bench: no GPU here: skipping the cuda benchmarks"; fi
 
 # Trains the tiny model (resuming if runs/tiny has a checkpoint), then samples from it.

@@ -65,6 +65,9 @@ typedef struct Backend {
     void (*copy)(void *dst, const void *src, size_t bytes);
     void (*zero)(void *p, size_t bytes);
     void (*synchronize)(void);
+    // Device memory in use and in total, in bytes (cuda: cudaMemGetInfo, so the CUDA context counts as used; every
+    // allocation is made at start-up or in the first step, so at the end of a run this is the peak). cpu: 0 and 0.
+    void (*memory_in_use)(size_t *used, size_t *total);
 
     // ---- dense linear algebra ----
     // out (M, N) [+]= inp (M, K) @ w (N, K)^T

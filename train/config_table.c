@@ -97,7 +97,8 @@ const ConfigKey config_keys[] = {
     { KEY(train, backend, KEY_ENUM), .def = "cpu", .values = backends,
       .help = "ops backend: cpu (FP32 reference, OpenMP) or cuda" },
     { KEY(train, precision, KEY_ENUM), .def = "fp32", .values = precisions,
-      .help = "GEMM precision of the transformer blocks: fp32, bf16 or fp8 (emulated on cpu)" },
+      .help = "fp32 (any backend), or bf16 (cuda: BF16 activations and GEMM inputs, FP32 residual stream, "
+               "master weights and gradients); fp8 (RECIPE.md 3) is not built yet and stops at start-up" },
     { KEY(train, seq_len, KEY_INT), .def = "4096", .min = 1, .max = IMAX, .help = "tokens per sequence T" },
     { KEY(train, micro_batch, KEY_INT), .def = "1", .min = 1, .max = IMAX,
       .help = "sequences per micro-batch per data-parallel rank" },

@@ -5,6 +5,7 @@
 #include "train/optim.h"
 #include "train/ckpt.h"
 #include "train/hf_io.h"
+#include "train/plan.h"
 #include "train/signals.h"
 #include "model/model.h"
 #include "data/loader.h"
@@ -99,6 +100,27 @@ static void trainer_load(CkptCtx *c, const char *path, long *step, double *token
 
 // On resume, the metrics file keeps the lines of steps up to the checkpoint (a crashed run may have logged steps
 // past it, which the resumed run repeats). Rewritten atomically; returns the file opened for appending.
+// The benchmark line: steady-state tokens/s, model TFLOP/s by the planner's FLOPs per token (6 x active matmul
+// parameters + causal attention, MTP included when the model has it), MFU against the H100 SXM's dense BF16 peak,
+// and the device memory in use (the peak: nothing is allocated after the first step).
+#define TRAINER_PEAK_TFLOPS 989.0   // H100 SXM, dense BF16 tensor cores (the figure MFU is quoted against)
+static void trainer_report_throughput(const Config *cfg, const Backend *be, double tok_s) {
+    PlanResult pr;
+    plan_compute(cfg, &pr);
+    double fpt = pr.flops + (cfg->model.mtp_depth > 0 ? pr.flops_mtp : 0.0);
+    double tflops = tok_s * fpt / 1e12;
+    size_t used = 0, total = 0;
+    be->memory_in_use(&used, &total);
+    if (total > 0)
+        log_info("throughput: %.1fK tokens/s after step 2, %.1f TFLOP/s (%.3f GFLOP/token), MFU %.1f%% of %.0f "
+                 "TFLOP/s dense BF16; device memory in use %.1f of %.1f GiB", tok_s / 1e3, tflops, fpt / 1e9,
+                 100.0 * tflops / TRAINER_PEAK_TFLOPS, TRAINER_PEAK_TFLOPS, used / 1073741824.0,
+                 total / 1073741824.0);
+    else
+        log_info("throughput: %.1fK tokens/s after step 2, %.3f TFLOP/s (%.3f GFLOP/token)", tok_s / 1e3, tflops,
+                 fpt / 1e9);
+}
+
 static FILE *metrics_open(const char *path, long resume_step) {
     if (resume_step > 0) {
         FILE *in = fopen(path, "r");
@@ -232,6 +254,10 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
     signals_install();
     long last_saved = step > 0 ? step : -1;
     double t_start = wall_s(), tokens_start = n_tokens;
+    // Steady-state throughput is measured from the end of this run's second step: the first steps include one-time
+    // work (cuBLASLt plans, scratch growth, the loader filling its prefetch queue).
+    long steps_run = 0;
+    double t_warm = 0, tokens_warm = 0;
     int status = 0;
 
     while ((tc->total_tokens <= 0 || n_tokens < tc->total_tokens) && (tc->max_steps == 0 || step < tc->max_steps)) {
@@ -292,6 +318,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         step++;
         n_tokens += (double)batch * T;
         double now = wall_s();
+        if (++steps_run == 2) t_warm = now, tokens_warm = n_tokens;
         double tok_s = (double)batch * T / (now - t0);
         double avg_tok_s = (n_tokens - tokens_start) / (now - t_start);
         double remaining = tc->total_tokens > 0 ? tc->total_tokens - n_tokens : INFINITY;
@@ -360,9 +387,12 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
                 n_tokens, ev.total, ev.lm_loss);
     }
     if (status == 0 && cfg->checkpoint.at_end && step != last_saved) trainer_save(&ck, step, n_tokens, &counters);
-    if (status == 0)
-        log_info("done: %ld steps, %.0f tokens in %.1f s (%ld skipped)", step, n_tokens, wall_s() - t_start,
+    if (status == 0) {
+        double t_end = wall_s();
+        log_info("done: %ld steps, %.0f tokens in %.1f s (%ld skipped)", step, n_tokens, t_end - t_start,
                  (long)counters.nonfinite_total);
+        if (steps_run > 2) trainer_report_throughput(cfg, be, (n_tokens - tokens_warm) / (t_end - t_warm));
+    }
     signals_uninstall();
     free(ck.bias);
     if (fclose(metrics) != 0) die("cannot write %s: %s", metrics_path, strerror(errno));

@@ -12,6 +12,7 @@ const Backend backend_cpu = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .synchronize = cpu_synchronize,
+    .memory_in_use = cpu_memory_in_use,
 
     .matmul_forward = cpu_matmul_forward,
     .matmul_backward = cpu_matmul_backward,

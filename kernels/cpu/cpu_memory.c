@@ -35,3 +35,5 @@ void cpu_zero(void *p, size_t bytes) {
 }
 
 void cpu_synchronize(void) {}
+
+void cpu_memory_in_use(size_t *used, size_t *total) { *used = *total = 0; }

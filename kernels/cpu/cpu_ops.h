@@ -35,6 +35,7 @@ void cpu_download(void *dst_host, const void *src, size_t bytes);
 void cpu_copy(void *dst, const void *src, size_t bytes);
 void cpu_zero(void *p, size_t bytes);
 void cpu_synchronize(void);
+void cpu_memory_in_use(size_t *used, size_t *total);
 
 // ---- dense and grouped matmul (cpu_matmul.c) ----
 void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);

@@ -16,6 +16,7 @@ extern "C" const Backend backend_cuda = {
     .copy = cuda_copy,
     .zero = cuda_zero,
     .synchronize = cuda_synchronize,
+    .memory_in_use = cuda_memory_in_use,
 
     .matmul_forward = cuda_matmul_forward,
     .matmul_backward = cuda_matmul_backward,

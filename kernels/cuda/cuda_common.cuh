@@ -151,6 +151,7 @@ void cuda_download(void *dst_host, const void *src, size_t bytes);
 void cuda_copy(void *dst, const void *src, size_t bytes);
 void cuda_zero(void *p, size_t bytes);
 void cuda_synchronize(void);
+void cuda_memory_in_use(size_t *used, size_t *total);
 
 void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
 void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);

@@ -201,3 +201,11 @@ extern "C" void cuda_zero(void *p, size_t bytes) {
 }
 
 extern "C" void cuda_synchronize(void) { cuda_sync_and_check(); }
+
+extern "C" void cuda_memory_in_use(size_t *used, size_t *total) {
+    size_t free_b = 0, total_b = 0;
+    cuda_stream();   // the context exists
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    *used = total_b - free_b;
+    *total = total_b;
+}
