@@ -1,6 +1,7 @@
 // The config system: every error class through the real binary (exit status 1, file:line:column, the key and the
 // expectation on stderr), --set, --help-config against the key table, the shipped configs, dump round trips and
 // the model hash.
+#include "tests/child_exit.h"
 #include "tests/test.h"
 #include "train/config.h"
 #include "train/config_internal.h"
@@ -480,4 +481,29 @@ TEST(config_table_covers_struct) {
         covered_to = config_keys[next].offset + config_keys[next].size;
     }
     ASSERT_EQ_INT(covered_to, offsetof(Config, source_path));
+}
+
+// config_load_text (a checkpoint manifest's config): the same values as the file, and errors name the text's origin.
+static void load_bad_text(void *arg) {
+    Config c;
+    config_load_text(&c, "ckpt-7 (its manifest's config)", (const char *)arg, 0, NULL);
+}
+
+TEST(config_load_text_matches_file_and_names_its_origin) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/t.yaml", test_tmpdir());
+    const char *yaml = "model:\n  dim: 96\ntrain:\n  seq_len: 64\n  max_steps: 5\n";
+    write_file(path, yaml);
+    Config a, b;
+    config_load(&a, path, 0, NULL);
+    char *set[] = {"train.seq_len=32"};
+    config_load_text(&b, "memory", yaml, 1, set);
+    ASSERT_EQ_INT(b.model.dim, 96);
+    ASSERT_EQ_INT(a.train.seq_len, 64);
+    ASSERT_EQ_INT(b.train.seq_len, 32);
+    ASSERT_EQ_INT(b.train.max_steps, a.train.max_steps);
+    char msg[4096];
+    int st = child_exit_status(load_bad_text, "model:\n  dimm: 64\n", msg, sizeof msg);
+    ASSERT_EQ_INT(st, 1);
+    ASSERT_CONTAINS(msg, "ckpt-7 (its manifest's config):2:3: model.dimm: unknown key");
 }

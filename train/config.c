@@ -41,6 +41,7 @@ void config_defaults(Config *cfg) {
     free(st);
 }
 
+
 // "unknown key" with the nearest name in the section, or the section the name belongs to.
 __attribute__((noreturn)) static void unknown_key(const Where *w, const char *section, const char *name) {
     const char *names[CONFIG_MAX_KEYS];
@@ -125,13 +126,10 @@ static void load_section(Config *cfg, LoadState *st, const char *path, yaml_docu
     }
 }
 
-static void load_file(Config *cfg, LoadState *st, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die("%s: cannot open the config file: %s", path, strerror(errno));
-    yaml_parser_t parser;
+// One YAML document from a parser whose input is set; `path` names it in messages (a file, or the text's origin).
+static void load_parser(Config *cfg, LoadState *st, const char *path, yaml_parser_t *pp) {
+    yaml_parser_t parser = *pp;
     yaml_document_t doc;
-    YAML_CHECK(yaml_parser_initialize(&parser));
-    yaml_parser_set_input_file(&parser, f);
     if (!yaml_parser_load(&parser, &doc)) syntax_error(path, &parser);
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (root) {   // NULL: an empty file, which means all defaults
@@ -161,7 +159,23 @@ static void load_file(Config *cfg, LoadState *st, const char *path) {
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
+}
+
+static void load_file(Config *cfg, LoadState *st, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die("%s: cannot open the config file: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    YAML_CHECK(yaml_parser_initialize(&parser));
+    yaml_parser_set_input_file(&parser, f);
+    load_parser(cfg, st, path, &parser);
     if (fclose(f) != 0) die("%s: cannot close the config file: %s", path, strerror(errno));
+}
+
+static void load_text(Config *cfg, LoadState *st, const char *name, const char *text) {
+    yaml_parser_t parser;
+    YAML_CHECK(yaml_parser_initialize(&parser));
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+    load_parser(cfg, st, name, &parser);
 }
 
 static void apply_override(Config *cfg, LoadState *st, const char *arg, int seq) {
@@ -270,17 +284,27 @@ static void check_rules(const Config *c, const LoadState *st) {
                   "least one limit > 0, or the run never ends)");
 }
 
-void config_load(Config *cfg, const char *path, int n_overrides, char **overrides) {
+static void config_load_any(Config *cfg, const char *path, const char *text, int n_overrides, char **overrides) {
     LoadState *st = xcalloc(1, sizeof *st);
     apply_defaults(cfg, st);
     if (path) {
         if (strlen(path) >= sizeof cfg->source_path)
             die("%s: the config path is longer than %zu characters", path, sizeof cfg->source_path - 1);
         memcpy(cfg->source_path, path, strlen(path));
-        load_file(cfg, st, path);
+        if (text) load_text(cfg, st, path, text);
+        else load_file(cfg, st, path);
     }
     for (int i = 0; i < n_overrides; i++) apply_override(cfg, st, overrides[i], 2 + i);
     check_rules(cfg, st);
     config_resolve_schedules(cfg, st);
     free(st);
+}
+
+void config_load(Config *cfg, const char *path, int n_overrides, char **overrides) {
+    config_load_any(cfg, path, NULL, n_overrides, overrides);
+}
+
+void config_load_text(Config *cfg, const char *name, const char *text, int n_overrides, char **overrides) {
+    CHECK(name && text, "config_load_text: a name and a text are required");
+    config_load_any(cfg, name, text, n_overrides, overrides);
 }

@@ -139,6 +139,8 @@ void config_defaults(Config *cfg);
 // each key and the cross-key rules, and resolves schedules. On any error: a message with file:line:column (or
 // "--set section.key=value"), the key, what was expected, and exit(1).
 void config_load(Config *cfg, const char *path, int n_overrides, char **overrides);
+// The same from YAML text in memory (a checkpoint manifest's config); `name` stands for the file in messages.
+void config_load_text(Config *cfg, const char *name, const char *text, int n_overrides, char **overrides);
 // Writes the effective config as YAML that config_load reads back to the same values.
 void config_dump(const Config *cfg, FILE *out);
 // Writes every key with its type, default, allowed values and help line (for --help-config).

@@ -164,17 +164,13 @@ static int cmd_sample(int argc, char **argv) {
     }
     if (!ckpt_verify(ckpt, why, sizeof why)) die("sample: %s is not a complete checkpoint: %s", ckpt, why);
     Ckpt *c = ckpt_open(ckpt);
-    // The manifest's config text, through the config loader (a temporary file: config_load reads paths).
+    // The manifest's config text, through the config loader.
     const char *text = ckpt_config_text(c);
     if (!text || !text[0]) die("sample: %s records no config (it was not written by build/train)", ckpt);
-    char tmp[] = "/tmp/dsv3-sample-XXXXXX";
-    int fd = mkstemp(tmp);
-    if (fd < 0) die("sample: cannot create a temporary file: %s", strerror(errno));
-    size_t len = strlen(text);
-    if (write(fd, text, len) != (ssize_t)len || close(fd) != 0) die("sample: cannot write %s", tmp);
     Config cfg;
-    config_load(&cfg, tmp, 0, NULL);
-    unlink(tmp);
+    char name[CKPT_PATH_MAX + 32];
+    snprintf(name, sizeof name, "%s (its manifest's config)", ckpt);
+    config_load_text(&cfg, name, text, 0, NULL);
     ckpt_check_model(c, &cfg.model);
 
     const Backend *be = backend_get(cfg.train.backend == BACKEND_CUDA ? "cuda" : "cpu");
