@@ -121,6 +121,7 @@ typedef struct {
 typedef struct {
     char run_dir[CONFIG_PATH_MAX];   // where the effective config, metrics and checkpoints go
     int every;                       // steps between progress lines
+    int profile;                     // 1 = time every backend op (kernels/profile.h): report + <run_dir>/profile.json
 } LogConfig;
 
 typedef struct {

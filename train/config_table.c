@@ -174,6 +174,9 @@ const ConfigKey config_keys[] = {
     { KEY(log, run_dir, KEY_STRING), .def = "runs/default",
       .help = "run directory: effective config, metrics, checkpoints" },
     { KEY(log, every, KEY_INT), .def = "10", .min = 1, .max = IMAX, .help = "steps between progress lines" },
+    { KEY(log, profile, KEY_BOOL), .def = "false",
+      .help = "time every backend op from the second step on (each op synchronized: slower than an unprofiled run); "
+              "at the end, a per-op and per-family table in the log and <log.run_dir>/profile.json" },
 };
 const int config_n_keys = (int)(sizeof config_keys / sizeof config_keys[0]);
 

@@ -7,6 +7,7 @@
 #include "train/hf_io.h"
 #include "train/plan.h"
 #include "train/signals.h"
+#include "kernels/profile.h"
 #include "model/model.h"
 #include "data/loader.h"
 
@@ -145,6 +146,25 @@ static FILE *metrics_open(const char *path, long resume_step) {
     return f;
 }
 
+// log.profile: evaluation and checkpoints are kept out of the step profile (the wrapped ops call straight through).
+static void profile_pause(const Config *cfg, int pause) {
+    if (cfg->log.profile) profile_set_active(!pause);
+}
+
+// log.profile: the table in the log and <run_dir>/profile.json.
+static void profile_finish(const Config *cfg, long steps_run) {
+    if (!cfg->log.profile) return;
+    if (steps_run < 2)
+        log_warn("log.profile: %ld step(s) ran and the first is warm-up, so the profile is empty (run 2 or more)",
+                 steps_run);
+    profile_report(stderr);
+    char path[CONFIG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/profile.json", cfg->log.run_dir);
+    profile_write_json(path);
+    log_info("profile: wrote %s", path);
+    profile_set_active(0);   // what follows (final evaluation, checkpoint) is not profiled
+}
+
 static Loader *open_loader(const Config *cfg, const char *shards, int shuffle) {
     LoaderOptions o = {
         .shards = shards, .base_dir = NULL, .seq_len = cfg->train.seq_len, .mtp_depth = cfg->model.mtp_depth,
@@ -200,6 +220,11 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
     const TrainConfig *tc = &cfg->train;
     const ModelConfig *mc = &cfg->model;
     const Backend *be = backend_get(tc->backend == BACKEND_CUDA ? "cuda" : "cpu");
+    // The first step is warm-up (plan caches, first-use allocations): the profile is reset once it is done.
+    if (cfg->log.profile) {
+        be = profile_wrap(be);
+        log_info("log.profile: timing every backend op, synchronized one by one (slower than an unprofiled run)");
+    }
     const int D = mc->mtp_depth, T = tc->seq_len, B = tc->micro_batch;
     const int row = T + 1 + D;
 
@@ -256,6 +281,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
     double t_start = wall_s(), tokens_start = n_tokens;
     // Steady-state throughput is measured from the end of this run's second step: the first steps include one-time
     // work (cuBLASLt plans, scratch growth, the loader filling its prefetch queue).
+    const long step0 = step;
     long steps_run = 0;
     double t_warm = 0, tokens_warm = 0;
     int status = 0;
@@ -359,7 +385,9 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         }
 
         if (val && step % tc->eval_every == 0) {
+            profile_pause(cfg, 1);
             MicroLosses ev = evaluate(m, val, cfg, tokens, mtp_lambda);
+            profile_pause(cfg, 0);
             log_info("eval  %5ld | val loss %.4f (lm %.4f)", step, ev.total, ev.lm_loss);
             fprintf(metrics, "{\"step\":%ld,\"tokens\":%.0f,\"eval_loss\":%.9g,\"eval_lm_loss\":%.9g}\n", step,
                     n_tokens, ev.total, ev.lm_loss);
@@ -367,9 +395,15 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         }
 
     step_done:;
+        if (cfg->log.profile) {
+            if (step == step0 + 1) profile_reset();
+            else profile_step_done();
+        }
         int sig = signals_stop_requested();
         if (sig || (cfg->checkpoint.every > 0 && step % cfg->checkpoint.every == 0)) {
+            profile_pause(cfg, 1);
             trainer_save(&ck, step, n_tokens, &counters);
+            profile_pause(cfg, 0);
             last_saved = step;
         }
         if (sig) {
@@ -380,6 +414,7 @@ int trainer_run(const Config *cfg, const TrainOptions *topt) {
         }
     }
 
+    profile_finish(cfg, step - step0);
     if (status == 0 && val && step % tc->eval_every != 0) {
         MicroLosses ev = evaluate(m, val, cfg, tokens, (float)schedule_value(&tc->mtp_lambda, n_tokens));
         log_info("eval  %5ld | val loss %.4f (lm %.4f)", step, ev.total, ev.lm_loss);
