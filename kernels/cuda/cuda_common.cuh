@@ -56,6 +56,10 @@ void *cuda_lt_workspace(size_t *bytes);
 // cuda_scratch (an op takes all the scratch it needs in one call and carves it). It grows (after a stream sync) the
 // first time a larger size is asked for, so after the first training step nothing is allocated any more.
 void *cuda_scratch(size_t bytes);
+// Whether a pointer and a row length in bytes allow 16-byte (uint4) row copies.
+static inline bool cuda_rows16(const void *p, int64_t row_bytes) {
+    return ((uintptr_t)p & 15) == 0 && row_bytes % 16 == 0;
+}
 // Rounds a byte count up to 256 so that carved scratch pieces stay aligned for vector loads.
 static inline size_t cuda_align256(size_t b) { return (b + 255) / 256 * 256; }
 

@@ -87,6 +87,43 @@ __global__ void kv_assemble_kernel(T *k, T *v, const T *kv, const T *k_rope, int
     }
 }
 
+// The same in 16-byte units, one warp per (token, head) row (no per-element 64-bit division). Units: unope, urope,
+// udv of nope, rope, dv elements.
+__global__ void kv_assemble_rows16_kernel(uint4 *k, uint4 *v, const uint4 *kv, const uint4 *k_rope, int64_t NH, int H,
+                                          int unope, int urope, int udv) {
+    const int lane = threadIdx.x & 31, uk = unope + urope, ukv = unope + udv;
+    for (int64_t nh = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; nh < NH;
+         nh += ((int64_t)gridDim.x * blockDim.x) >> 5) {
+        const uint4 *src = kv + nh * ukv, *rr = k_rope + (nh / H) * urope;
+        uint4 *kr = k + nh * uk, *vr = v + nh * udv;
+        for (int c = lane; c < uk; c += 32) kr[c] = c < unope ? src[c] : rr[c - unope];
+        for (int c = lane; c < udv; c += 32) vr[c] = src[unope + c];
+    }
+}
+
+// Backward in 16-byte units: dkv rows from dk's nope part and dv, one warp per (token, head).
+__global__ void kv_assemble_bwd_rows16_kernel(uint4 *dkv, const uint4 *dk, const uint4 *dv, int64_t NH, int unope,
+                                              int urope, int udv) {
+    const int lane = threadIdx.x & 31, uk = unope + urope, ukv = unope + udv;
+    for (int64_t nh = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; nh < NH;
+         nh += ((int64_t)gridDim.x * blockDim.x) >> 5) {
+        uint4 *dst = dkv + nh * ukv;
+        for (int c = lane; c < ukv; c += 32) dst[c] = c < unope ? dk[nh * uk + c] : dv[nh * udv + (c - unope)];
+    }
+}
+
+// dk_rope (N, rope) = sum over heads of dk's rope part, in head order (the part of kv_assemble_bwd_kernel after n1).
+template <typename T>
+__global__ void kv_rope_sum_kernel(T *dk_rope, const T *dk, int64_t N, int64_t H, int nope, int rope) {
+    const int64_t dkd = nope + rope, total = N * rope;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t j = i % rope, n = i / rope;
+        float acc = 0.0f;
+        for (int64_t h = 0; h < H; h++) acc = __fadd_rn(acc, to_f(dk[(n * H + h) * dkd + nope + j]));
+        dk_rope[i] = from_f<T>(acc);
+    }
+}
+
 // dkv (N, H*(nope+dv)) from dk's nope part and dv; then dk_rope (N, rope) = sum over heads, in head order.
 template <typename T>
 __global__ void kv_assemble_bwd_kernel(T *dkv, T *dk_rope, const T *dk, const T *dv, int64_t N, int64_t H, int nope,
@@ -119,6 +156,15 @@ extern "C" void cuda_mla_kv_assemble(Tensor k, Tensor v, Tensor kv, Tensor k_rop
     int64_t total = N * H * (nope + rope + dv);
     if (total == 0) return;
     cudaStream_t s = cuda_stream();
+    const int64_t es = (int64_t)dtype_size(kv.dtype);
+    if (cuda_rows16(k.data, nope * es) && cuda_rows16(v.data, rope * es) && cuda_rows16(kv.data, dv * es) &&
+        cuda_rows16(k_rope.data, 16) && H <= INT32_MAX) {
+        kv_assemble_rows16_kernel<<<cuda_grid(N * H * 32, 256), 256, 0, s>>>(
+            (uint4 *)k.data, (uint4 *)v.data, (const uint4 *)kv.data, (const uint4 *)k_rope.data, N * H, (int)H,
+            (int)(nope * es / 16), (int)(rope * es / 16), (int)(dv * es / 16));
+        CUDA_LAUNCH_CHECK("kv_assemble_rows16_kernel");
+        return;
+    }
     DISPATCH_FLOAT(kv.dtype, T, {
         kv_assemble_kernel<T><<<cuda_grid(total, 256), 256, 0, s>>>((T *)k.data, (T *)v.data, (const T *)kv.data,
                                                                     (const T *)k_rope.data, N, H, nope, rope, dv);
@@ -141,6 +187,21 @@ extern "C" void cuda_mla_kv_assemble_backward(Tensor dkv, Tensor dk_rope, Tensor
     int64_t total = N * H * (nope + dv_dim) + N * rope;
     if (total == 0) return;
     cudaStream_t s = cuda_stream();
+    const int64_t es = (int64_t)dtype_size(dkv.dtype);
+    if (cuda_rows16(dkv.data, nope * es) && cuda_rows16(dk.data, rope * es) && cuda_rows16(dv.data, dv_dim * es)) {
+        kv_assemble_bwd_rows16_kernel<<<cuda_grid(N * H * 32, 256), 256, 0, s>>>(
+            (uint4 *)dkv.data, (const uint4 *)dk.data, (const uint4 *)dv.data, N * H, (int)(nope * es / 16),
+            (int)(rope * es / 16), (int)(dv_dim * es / 16));
+        CUDA_LAUNCH_CHECK("kv_assemble_bwd_rows16_kernel");
+        if (N * rope > 0) {
+            DISPATCH_FLOAT(dkv.dtype, T, {
+                kv_rope_sum_kernel<T><<<cuda_grid(N * rope, 256), 256, 0, s>>>((T *)dk_rope.data, (const T *)dk.data,
+                                                                               N, H, nope, rope);
+            });
+            CUDA_LAUNCH_CHECK("kv_rope_sum_kernel");
+        }
+        return;
+    }
     DISPATCH_FLOAT(dkv.dtype, T, {
         kv_assemble_bwd_kernel<T><<<cuda_grid(total, 256), 256, 0, s>>>(
             (T *)dkv.data, (T *)dk_rope.data, (const T *)dk.data, (const T *)dv.data, N, H, nope, rope, dv_dim);
