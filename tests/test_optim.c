@@ -1,5 +1,8 @@
 // AdamW against hand-computed steps, clipping, and the auxiliary-loss-free bias update against small cases.
 #include "tests/test.h"
+#include "tests/model_configs.h"
+#include "model/params.h"
+#include <string.h>
 #include "train/optim.h"
 #include "kernels/ops.h"
 
@@ -118,4 +121,47 @@ TEST(max_violation_of_balanced_and_empty_loads) {
     ASSERT_NEAR(moe_max_violation(even, 3), 0.0, 0, 0);
     ASSERT_NEAR(moe_max_violation(none, 3), 0.0, 0, 0);
     ASSERT_NEAR(moe_max_violation(one, 4), 3.0, 1e-12, 0);   // (8 - 2) / 2
+}
+
+// adamw_step launches once per run of same-decay tensors, padding included: the result must be bit-identical to one
+// adamw_update per tensor, on a real table (the tiny test model: norms between matrices, 64-element alignment gaps).
+TEST(adamw_runs_equal_per_tensor_updates) {
+    const Backend *be = backend_get("cpu");
+    ModelConfig mc = test_model_tiny();
+    ParamTable t;
+    StageSpec full = params_full_stage(&mc);
+    params_build(&t, &mc, &full);
+    float *p1 = be->alloc((size_t)t.total * 4), *g = be->alloc((size_t)t.total * 4);
+    uint64_t s = 7;
+    for (int i = 0; i < t.n; i++)   // values only inside tensors: the padding stays zero, as in a model
+        for (int64_t j = t.params[i].offset; j < t.params[i].offset + t.params[i].numel; j++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            p1[j] = (float)((int64_t)(s >> 40) - (1 << 23)) / (1 << 23);
+            g[j] = (float)((int64_t)((s >> 16) & 0xFFFFFF) - (1 << 23)) / (1 << 24);
+        }
+    float *p2 = be->alloc((size_t)t.total * 4);
+    memcpy(p2, p1, (size_t)t.total * 4);
+    AdamW o;
+    adamw_create(&o, be, &t);
+    uint16_t *m2 = be->alloc((size_t)t.total * 2), *v2 = be->alloc((size_t)t.total * 2);
+    AdamWHyper h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .grad_clip = 0};
+    for (int step = 1; step <= 3; step++) {
+        adamw_step(&o, p1, g, &h, 1.0);
+        for (int i = 0; i < t.n; i++) {
+            const ParamInfo *q = &t.params[i];
+            be->adamw_update(tensor_1d(p2 + q->offset, DT_F32, q->numel), tensor_1d(g + q->offset, DT_F32, q->numel),
+                             tensor_1d(m2 + q->offset, DT_BF16, q->numel), tensor_1d(v2 + q->offset, DT_BF16, q->numel),
+                             h.lr, h.beta1, h.beta2, h.eps, q->no_decay ? 0.0f : h.weight_decay, 1.0f, step);
+        }
+    }
+    ASSERT(memcmp(p1, p2, (size_t)t.total * 4) == 0);
+    ASSERT(memcmp(o.m, m2, (size_t)t.total * 2) == 0 && memcmp(o.v, v2, (size_t)t.total * 2) == 0);
+    int gaps = 0, runs = 1;   // the case is meaningful: padding inside runs, and several runs
+    for (int i = 1; i < t.n; i++) {
+        gaps += t.params[i].offset > t.params[i - 1].offset + t.params[i - 1].numel;
+        runs += t.params[i].no_decay != t.params[i - 1].no_decay;
+    }
+    ASSERT(gaps > 0 && runs > 2);
+    adamw_free(&o);
+    params_free(&t);
 }
