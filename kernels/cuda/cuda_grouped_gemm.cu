@@ -8,13 +8,13 @@
 // operands staged in shared memory by a STAGES-deep cp.async pipeline and read with ldmatrix (.trans for an operand
 // whose contraction index runs along its global rows: w in nn, dout and inp in tn_dw).
 //
-// Tiles: a CTA of 8 warps (2 x 4) computes a BM x BN = 128 x 256 output tile, each warp 64 x 64 (4 m16 x 8 n8 MMA
-// tiles, 128 FP32 accumulators per thread); the contraction advances BK = 32 per pipeline stage, 4 stages. The large
-// warp tile is what makes mma.sync fast enough here: per k16 step a warp issues 8 ldmatrix.x4 (4 KB of shared-memory
-// reads) for 32 MMAs, about one shared-memory cycle per MMA, which the SM sustains at the tensor-core rate; a 64 x 32
-// warp tile would need half as much again per MMA. Shared-memory rows are padded by 16 bytes so that
-// every row stride is an odd multiple of 16 bytes: the 8 row addresses of an ldmatrix (and of each 8-chunk group of
-// cp.async stores) hit 8 distinct 16-byte bank groups, i.e. no bank conflicts.
+// Tiles: a CTA of 4 warps (2 x 2) computes a BM x BN = 128 x 128 output tile, each warp 64 x 64 (4 m16 x 8 n8 MMA
+// tiles, 128 FP32 accumulators per thread); the contraction advances BK = 64 per pipeline stage, 3 stages, two CTAs
+// per SM. The large warp tile keeps shared-memory reads at the MMA rate: per k16 step a warp issues 8 ldmatrix.x4
+// (4 KB) for 32 MMAs, about one shared-memory cycle per MMA; a 64 x 32 warp tile would need half as much again per
+// MMA. (TileCfg takes other shapes; the one used is chosen below, with the alternatives measured.) Shared-memory
+// rows are padded by 16 bytes so that every row stride is an odd multiple of 16 bytes: the 8 row addresses of an
+// ldmatrix (and of each 8-chunk group of cp.async stores) hit 8 distinct 16-byte bank groups: no bank conflicts.
 //
 // Scheduling. nt/nn: a 1-D grid of (row-tile bound) x (column tiles), column tile fastest (the CTAs sharing a row
 // tile run together and share its rows in L2). The bound is floor((R + E (BM - 1)) / BM) >= sum_e ceil(rows_e / BM);
@@ -309,10 +309,14 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
 
 namespace {
 
-// 128 x 256 x 32, 8 warps (2 x 4) of 64 x 64, 4 stages, one CTA per SM (about 200 registers per thread).
-using CfgBig = TileCfg<128, 256, 32, 2, 4, 4, 1>;
+// 128 x 128 x 64, 4 warps (2 x 2) of 64 x 64, 3 stages, two CTAs per SM (232-244 registers per thread, 102-108 KB
+// of shared memory per CTA). Measured on an H100 at the bench-1gpu shapes against 128 x 256 x 32 (8 warps, 4 stages,
+// 1 CTA/SM), 128 x 256 x 64 (8 warps, 3 stages) and 128 x 128 x 32 (4 warps, 4 stages): fastest or tied for all three
+// products. Two co-resident CTAs overlap one's prologue and epilogue with the other's main loop.
+using Cfg = TileCfg<128, 128, 64, 2, 2, 3, 2>;
 
-static_assert(CfgBig::MI == 4 && CfgBig::NI == 8, "64 x 64 warp tiles");
+static_assert(Cfg::MI == 4 && Cfg::NI == 8, "64 x 64 warp tiles");
+static_assert(2 * (Gemm<Cfg, true, true>::SMEM + 1024) <= 228 * 1024, "two CTAs per SM fit the 228 KB of an SM");
 
 // Raises a kernel's dynamic shared-memory limit once (per instantiation; the backend uses one device per process).
 template <auto KERNEL> void set_smem_once(size_t bytes) {
@@ -369,7 +373,7 @@ template <class T> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tensor 
 } // namespace
 
 extern "C" int cuda_gg_supported(int64_t R, int64_t E, int64_t N, int64_t K, const void *const *ptrs, int nptrs) {
-    typedef CfgBig T;
+    typedef Cfg T;
     if (N % 8 || K % 8 || R < 0 || E < 0 || N < 0 || K < 0) return 0;
     // int32 indexing inside the kernels (rows, columns, tile indices) and 1-D grids below 2^31 blocks.
     if (R > INT_MAX || N > INT_MAX || K > INT_MAX || E > INT_MAX) return 0;
@@ -382,15 +386,15 @@ extern "C" int cuda_gg_supported(int64_t R, int64_t E, int64_t N, int64_t K, con
 }
 
 extern "C" void cuda_gg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
-    if (out.dtype == DT_BF16) launch_nt<CfgBig, bf16>(out, inp, w, offsets);
-    else launch_nt<CfgBig, float>(out, inp, w, offsets);
+    if (out.dtype == DT_BF16) launch_nt<Cfg, bf16>(out, inp, w, offsets);
+    else launch_nt<Cfg, float>(out, inp, w, offsets);
 }
 
 extern "C" void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets) {
-    if (dinp.dtype == DT_BF16) launch_nn<CfgBig, bf16>(dinp, dout, w, offsets);
-    else launch_nn<CfgBig, float>(dinp, dout, w, offsets);
+    if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets);
+    else launch_nn<Cfg, float>(dinp, dout, w, offsets);
 }
 
 extern "C" void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
-    launch_tn_dw<CfgBig>(dw, dout, inp, offsets);
+    launch_tn_dw<Cfg>(dw, dout, inp, offsets);
 }

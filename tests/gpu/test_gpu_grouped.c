@@ -5,8 +5,8 @@
 // FP32 summation order differs: F32 outputs within rtol 1e-5 + 1e-5 of the largest value (as the dense GEMM tests),
 // BF16 outputs add one rounding (2^-8 relative): rtol 1e-2 + 1e-3 of the largest value. out and dinp start poisoned
 // (NaN), so a row or column the kernel fails to write fails the comparison; dw starts from random values (it
-// accumulates). Segment tables cover the edges of the kernels' tiling (128-row by 256-column output tiles, 32-deep
-// contraction stages): empty experts (first, last, consecutive), single rows, sizes one below/at/above a tile, all
+// accumulates). Segment tables cover the edges of the kernels' tiling (128 x 128 output tiles, 64-deep contraction
+// stages): empty experts (first, last, consecutive), single rows, sizes one below/at/above a tile, all
 // rows in one expert, R = 0, widths that are not multiples of the tile (K = 32, N = 64 of the tiny config; 200, 320),
 // and the bench-1gpu widths (1536 / 512). The loop fallback (N or K not a multiple of 8, a misaligned view) is checked
 // the same way.
@@ -96,7 +96,7 @@ TEST(gpu_grouped_gemm_tile_edges) {
     gt_init(61);
     // empty first/last/consecutive experts, 1 row, one below / at / above the 128-row tile, two tiles and a bit
     static const int rows[10] = {0, 1, 127, 128, 129, 0, 0, 300, 45, 0};
-    check_both_dtypes(10, 320, 200, rows); // N = 1.25 column tiles, K = 6.25 contraction stages
+    check_both_dtypes(10, 320, 200, rows); // N = 2.5 column tiles, K = 3.125 contraction stages
     check_both_dtypes(10, 200, 320, rows); // dinp: 200 output columns, contraction over 320
     int *rr = random_rows(24, 90);
     check_both_dtypes(24, 264, 136, rr);
