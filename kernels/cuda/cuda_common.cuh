@@ -76,6 +76,7 @@ enum CudaErrCode {
     ERR_GATHER_BWD_ORDER,
     ERR_COMBINE_ORDER,
     ERR_COMBINE_BWD_ORDER,
+    ERR_GROUPED_OFFSETS, // a grouped GEMM's device offsets: index = entry, value = its value, bound = the row count
     ERR_COUNT
 };
 struct CudaDevError {

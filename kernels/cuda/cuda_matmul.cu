@@ -9,10 +9,12 @@
 // Plans (descriptors, layouts and the heuristic's algorithm) are cached per shape/type/alignment. When cuBLASLt's
 // heuristic has no algorithm (odd leading dimensions or misaligned views of BF16 data, say), the product goes
 // through classic cuBLAS cublasGemmEx, which takes any layout, with the same types and FP32 compute.
-// grouped_matmul_* loop over the experts with one cuBLASLt call per non-empty expert, reading the segment table on
-// the host: correct but launch-bound for many small experts. TO REPLACE (issue 5): one grouped launch for all
-// experts of a layer.
+// grouped_matmul_* with BF16 inputs run the one-launch grouped kernels of cuda_grouped_gemm.cu (device offsets
+// only); F32 inputs and the shapes those kernels do not take loop over the experts with one cuBLASLt call per
+// non-empty expert, reading the segment table on the host (offsets_host).
 #include "kernels/cuda/cuda_common.cuh"
+
+#include "kernels/cuda/cuda_grouped_gemm.h"
 
 #include <cublas_v2.h>
 #include <limits.h>
@@ -266,9 +268,9 @@ static void check_offsets(const char *op, Tensor offsets, const int32_t *offsets
         die("%s: offsets end at row %d but the input has %lld rows", op, offsets_host[E], (long long)R);
 }
 
-extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets,
-                                            const int32_t *offsets_host) {
-    const char *op = "grouped_matmul_forward";
+// The argument checks of grouped_matmul_forward (as the cpu backend's); R, K, E, N from the tensors.
+static void grouped_forward_check(const char *op, Tensor out, Tensor inp, Tensor w, Tensor offsets,
+                                  const int32_t *offsets_host) {
     cuda_need_float(op, "out", &out, 2);
     cuda_need_float(op, "inp", &inp, 2);
     cuda_need_float(op, "w", &w, 3);
@@ -278,6 +280,11 @@ extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     cpu_agree(op, "out", &out, out.shape[0], "inp", &inp, R, "rows");
     cpu_agree(op, "out", &out, out.shape[1], "w", &w, N, "N");
     check_offsets(op, offsets, offsets_host, E, R);
+}
+
+// The per-expert loop: one cuBLASLt call per non-empty expert, segments read from offsets_host.
+static void grouped_forward_loop(const char *op, Tensor out, Tensor inp, Tensor w, const int32_t *offsets_host) {
+    int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
     const size_t ei = dtype_size(inp.dtype), eo = dtype_size(out.dtype);
     g_bucketed = 1;
     for (int64_t e = 0; e < E; e++) {
@@ -289,9 +296,28 @@ extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     g_bucketed = 0;
 }
 
-extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                             const int32_t *offsets_host) {
-    const char *op = "grouped_matmul_backward";
+// BF16 inputs go to the one-launch grouped kernel (cuda_grouped_gemm.cu) unless cuda_gg_supported says no: N or K
+// not a multiple of 8, a pointer not 16-byte aligned (a view starting mid-row, say), or sizes past its int32
+// indexing. Those, and F32 inputs, take the loop.
+extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets,
+                                            const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_forward";
+    grouped_forward_check(op, out, inp, w, offsets, offsets_host);
+    const void *ptrs[3] = {out.data, inp.data, w.data};
+    if (inp.dtype == DT_BF16 && cuda_gg_supported(inp.shape[0], w.shape[0], w.shape[1], w.shape[2], ptrs, 3))
+        cuda_gg_forward(out, inp, w, offsets);
+    else grouped_forward_loop(op, out, inp, w, offsets_host);
+}
+
+extern "C" void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets,
+                                                 const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_forward";
+    grouped_forward_check(op, out, inp, w, offsets, offsets_host);
+    grouped_forward_loop(op, out, inp, w, offsets_host);
+}
+
+static void grouped_backward_check(const char *op, Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
+                                   Tensor offsets, const int32_t *offsets_host) {
     cuda_need_float(op, "dout", &dout, 2);
     cuda_need_float(op, "inp", &inp, 2);
     cuda_need_float(op, "w", &w, 3);
@@ -311,6 +337,12 @@ extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout
         cuda_same_dtype(op, "dout", &dout, "inp", &inp);
         for (int i = 0; i < 3; i++) cpu_agree(op, "dw", &dw, dw.shape[i], "w", &w, w.shape[i], "shape");
     }
+}
+
+// The per-expert loop for whichever of dinp and dw has data.
+static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
+                                  const int32_t *offsets_host) {
+    int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
     const size_t ea = dtype_size(inp.dtype), ew = dtype_size(w.dtype), eg = dtype_size(dout.dtype);
     g_bucketed = 1;
     for (int64_t e = 0; e < E; e++) {
@@ -325,4 +357,36 @@ extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout
                   (const char *)inp.data + r0 * K * ea, inp.dtype, rows, N, K);
     }
     g_bucketed = 0;
+}
+
+// dinp and dw go to the grouped kernels independently: dinp when dout and w are BF16, dw when dout and inp are BF16
+// and dw is F32 (a BF16 dw takes the loop), each subject to cuda_gg_supported (see the forward).
+extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
+                                             const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_backward";
+    grouped_backward_check(op, dinp, dw, dout, inp, w, offsets, offsets_host);
+    const int64_t R = inp.shape[0], E = w.shape[0], N = w.shape[1], K = w.shape[2];
+    Tensor loop_dinp = dinp, loop_dw = dw; // what is left for the loop
+    if (dinp.data && dout.dtype == DT_BF16) {
+        const void *ptrs[3] = {dinp.data, dout.data, w.data};
+        if (cuda_gg_supported(R, E, N, K, ptrs, 3)) {
+            cuda_gg_dinp(dinp, dout, w, offsets);
+            loop_dinp.data = NULL;
+        }
+    }
+    if (dw.data && dout.dtype == DT_BF16 && dw.dtype == DT_F32) {
+        const void *ptrs[3] = {dw.data, dout.data, inp.data};
+        if (cuda_gg_supported(R, E, N, K, ptrs, 3)) {
+            cuda_gg_dw(dw, dout, inp, offsets);
+            loop_dw.data = NULL;
+        }
+    }
+    if (loop_dinp.data || loop_dw.data) grouped_backward_loop(op, loop_dinp, loop_dw, dout, inp, w, offsets_host);
+}
+
+extern "C" void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
+                                                  Tensor offsets, const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_backward";
+    grouped_backward_check(op, dinp, dw, dout, inp, w, offsets, offsets_host);
+    grouped_backward_loop(op, dinp, dw, dout, inp, w, offsets_host);
 }

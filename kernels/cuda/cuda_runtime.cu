@@ -99,6 +99,10 @@ void cuda_check_device_errors(void) {
     CUDA_CHECK(cudaMemcpyAsync(&e, g_err_dev, sizeof e, cudaMemcpyDeviceToHost, s));
     CUDA_CHECK(cudaStreamSynchronize(s));
     if (e.code == ERR_NONE) return;
+    if (e.code == ERR_GROUPED_OFFSETS) // not a range error: the table must start at 0, not decrease, end <= rows
+        die("grouped_matmul: device offsets[%lld] = %lld breaks the segment table (offsets[0] = 0, non-decreasing, "
+            "at most the %lld rows; found on the GPU; reported at the next synchronization)",
+            (long long)e.index, (long long)e.value, (long long)e.bound);
     const char *op, *name;
     err_text(e.code, &op, &name);
     die("%s: %s[%lld] = %lld is outside [0, %lld) (found on the GPU; reported at the next synchronization)", op, name,

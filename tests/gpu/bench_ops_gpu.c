@@ -1,11 +1,13 @@
 // Micro-benchmark of the cuda backend's heavy ops at the bench-1gpu shapes (dim 1536, 12 heads, qk head 192, v head
 // 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt, the
-// grouped (MoE) GEMM loop, and causal attention forward and backward. Prints milliseconds and TFLOP/s; asserts
+// grouped (MoE) GEMMs (the one-launch BF16 kernels against the per-expert cuBLASLt loop), and causal attention
+// forward and backward. Prints milliseconds and TFLOP/s; asserts
 // nothing (timings vary from machine to machine). Usage: build/bench_ops_gpu [iterations]
 //
 // FLOP counts: a GEMM is 2 M N K. Causal attention counts the visible half of the score matrix: forward
 // 2 B H (T^2 / 2) (D + DV) (QK^T and PV), backward 2 B H (T^2 / 2) (3 D + 2 DV) (QK^T recomputed, dP = dO V^T,
 // dV = P^T dO, dQ = dS K, dK = dS^T Q); the kernel's own recomputation (dQ in a second pass) is not counted.
+#include "kernels/cuda/cuda_grouped_gemm.h"
 #include "kernels/ops.h"
 #include "train/check.h"
 
@@ -86,17 +88,49 @@ static void bench_gemm(const char *what, int64_t M, int64_t N, int64_t K, DType 
 }
 
 typedef struct { Tensor out, inp, w, dinp, dw, dout, off; int32_t *off_h; } GmmCtx;
+// The backend's grouped ops (BF16: the one-launch kernels of cuda_grouped_gemm.cu) and the per-expert cuBLASLt loop.
 static void gmm_fwd(void *c) { GmmCtx *m = c; G->grouped_matmul_forward(m->out, m->inp, m->w, m->off, m->off_h); }
-static void gmm_bwd(void *c) {
+static void gmm_dinp(void *c) {
     GmmCtx *m = c;
-    G->grouped_matmul_backward(m->dinp, m->dw, m->dout, m->inp, m->w, m->off, m->off_h);
+    G->grouped_matmul_backward(m->dinp, tensor_3d(NULL, DT_F32, 0, 0, 0), m->dout, m->inp, m->w, m->off, m->off_h);
+}
+static void gmm_dw(void *c) {
+    GmmCtx *m = c;
+    G->grouped_matmul_backward(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h);
+}
+static void loop_fwd(void *c) { GmmCtx *m = c; cuda_grouped_matmul_forward_loop(m->out, m->inp, m->w, m->off, m->off_h); }
+static void loop_dinp(void *c) {
+    GmmCtx *m = c;
+    cuda_grouped_matmul_backward_loop(m->dinp, tensor_3d(NULL, DT_F32, 0, 0, 0), m->dout, m->inp, m->w, m->off,
+                                      m->off_h);
+}
+static void loop_dw(void *c) {
+    GmmCtx *m = c;
+    cuda_grouped_matmul_backward_loop(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h);
 }
 
-// E experts, R routed rows split evenly: out (R, N) = inp (R, K) @ w[e]^T per segment.
-static void bench_grouped(int E, int64_t R, int64_t N, int64_t K, DType dt) {
+// E experts, R routed rows in routing-like segments (sizes drawn around R / E, +-40%, fixed seed):
+// out (R, N) = inp (R, K) @ w[e]^T per segment, dinp (R, K) = dout @ w[e], dw[e] (N, K) += dout_seg^T inp_seg.
+// Prints each product's time for the grouped kernel and for the per-expert loop.
+static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t K, DType dt) {
     GmmCtx m;
     m.off_h = xmalloc(sizeof(int32_t) * (E + 1));
-    for (int e = 0; e <= E; e++) m.off_h[e] = (int32_t)(R * e / E);
+    double *wt = xmalloc(sizeof(double) * E), sum = 0;
+    uint64_t s = 12345;
+    for (int e = 0; e < E; e++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        wt[e] = 0.6 + 0.8 * (double)(s >> 11) * 0x1.0p-53, sum += wt[e];
+    }
+    double acc = 0;
+    m.off_h[0] = 0;
+    for (int e = 0; e < E; e++) acc += wt[e], m.off_h[e + 1] = (int32_t)(R * (acc / sum) + 0.5);
+    m.off_h[E] = (int32_t)R;
+    int32_t mn = INT32_MAX, mx = 0;
+    for (int e = 0; e < E; e++) {
+        int32_t r = m.off_h[e + 1] - m.off_h[e];
+        mn = r < mn ? r : mn, mx = r > mx ? r : mx;
+    }
+    free(wt);
     void *doff = G->alloc(sizeof(int32_t) * (E + 1));
     G->upload(doff, m.off_h, sizeof(int32_t) * (E + 1));
     m.off = tensor_1d(doff, DT_I32, E + 1);
@@ -106,12 +140,16 @@ static void bench_grouped(int E, int64_t R, int64_t N, int64_t K, DType dt) {
     m.dout = tensor_2d(rand_dev(R * N, dt, 1.0f), dt, R, N);
     m.dinp = tensor_2d(G->alloc((size_t)(R * K) * dtype_size(dt)), dt, R, K);
     m.dw = tensor_3d(G->alloc((size_t)E * N * K * 4), DT_F32, E, N, K);
-    double fl = 2.0 * R * N * K;
-    double tf = time_it(gmm_fwd, &m), tb = time_it(gmm_bwd, &m);
-    printf("grouped gemm E %3d %-4s rows %6lld N %5lld K %5lld | fwd %7.3f ms %6.1f TFLOP/s | bwd (dgrad+wgrad) %7.3f ms "
-           "%6.1f\n",
-           E, dt == DT_BF16 ? "bf16" : "f32", (long long)R, (long long)N, (long long)K, tf * 1e3, fl / tf * 1e-12,
-           tb * 1e3, 2 * fl / tb * 1e-12);
+    const double fl = 2.0 * R * N * K;
+    static const char *names[3] = {"fwd", "dinp", "dw"};
+    BenchFn fn[3] = {gmm_fwd, gmm_dinp, gmm_dw}, lp[3] = {loop_fwd, loop_dinp, loop_dw};
+    printf("grouped gemm %-8s %-4s E %d rows %lld (per expert %d..%d) N %lld K %lld\n", what,
+           dt == DT_BF16 ? "bf16" : "f32", E, (long long)R, mn, mx, (long long)N, (long long)K);
+    for (int i = 0; i < 3; i++) {
+        double tn = time_it(fn[i], &m), tl = time_it(lp[i], &m);
+        printf("    %-5s grouped kernel %7.3f ms %6.1f TFLOP/s | per-expert loop %7.3f ms %6.1f TFLOP/s | %.2fx\n",
+               names[i], tn * 1e3, fl / tn * 1e-12, tl * 1e3, fl / tl * 1e-12, tl / tn);
+    }
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data), G->free(doff), free(m.off_h);
 }
@@ -157,9 +195,9 @@ int main(int argc, char **argv) {
     bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_BF16);
     bench_gemm("wide (1536->8192)", M, 8192, 1536, DT_BF16);
     bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
-    // MoE experts: 64 experts, top-6 of 16384 tokens, expert width 1024 (the loop of cuBLASLt calls)
-    bench_grouped(64, M * 6, 1024, 1536, DT_BF16);
-    bench_grouped(64, M * 6, 1536, 1024, DT_BF16);
+    // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536)
+    bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16);
+    bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16);
     bench_attention(4, 4096, 12, 192, 128, DT_BF16);
     bench_attention(4, 4096, 12, 192, 128, DT_F32);
     bench_attention(1, 4096, 12, 192, 128, DT_BF16);

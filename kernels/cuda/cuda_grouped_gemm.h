@@ -1,0 +1,38 @@
+// The cuda backend's grouped (MoE expert) GEMMs for BF16 tensors: one kernel launch per product for all experts,
+// reading the DEVICE segment table offsets (E + 1) I32 only (never offsets_host), so no host sync is needed.
+// Shapes as in ops.h: inp (R, K), w (E, N, K), out (R, N), dout (R, N), dinp (R, K), dw (E, N, K); expert e owns
+// rows [offsets[e], offsets[e + 1]). Rows outside every segment are neither read for the result nor written.
+// Included from C (the benchmark) and from CUDA C++ (kernels/cuda/).
+#ifndef CUDA_GROUPED_GEMM_H
+#define CUDA_GROUPED_GEMM_H
+
+#include "kernels/ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// 1 when the kernels take this problem: N and K multiples of 8 (16-byte rows for cp.async), every pointer in ptrs
+// 16-byte aligned, and sizes within the kernels' int32 indexing. Dtypes are the caller's to check (BF16 inp, w,
+// dout; F32 or BF16 out/dinp; F32 dw).
+int cuda_gg_supported(int64_t R, int64_t E, int64_t N, int64_t K, const void *const *ptrs, int nptrs);
+
+// sm90_bf16_grouped_gemm_nt: out (R, N) = inp (R, K) @ w[e] (N, K)^T per segment; out F32 or BF16.
+void cuda_gg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets);
+// sm90_bf16_grouped_gemm_nn: dinp (R, K) = dout (R, N) @ w[e] (N, K) per segment (overwrite); dinp F32 or BF16.
+void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets);
+// sm90_bf16_grouped_gemm_tn_dw: dw[e] (N, K) += dout_seg^T @ inp_seg; dw F32; deterministic (no atomics).
+void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
+
+// The per-expert cuBLASLt loop (cuda_matmul.cu), with the same checks and semantics as the backend's
+// grouped_matmul_forward/backward: what those use for F32 tensors and for shapes the kernels do not take. Exposed
+// for the benchmark's comparison.
+void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
+void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
+                                       const int32_t *offsets_host);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
