@@ -79,33 +79,34 @@ __device__ __forceinline__ void bwd2_dkv(unsigned char *smem, bf16 *dk, bf16 *dv
     const int k0 = kt * BM2, kw = k0 + wr; // this warp's keys: [kw, kw + 16)
     const int nq = (T_ + BN2 - 1) / BN2, qt0 = k0 / BN2;
     const int keys[2] = {kw + g, kw + g + 8};
-    auto load_stage = [&](int qt) {
-        const int st = (qt - qt0) % NST, q0 = qt * BN2;
+    auto load_stage = [&](int qt, int st) {
+        const int q0 = qt * BN2;
         bf16 *Qn = QD + st * STAGE;
         load_rows<BN2, D>(Qn, q, b, h, q0, T_, H);
         load_rows<BN2, DV>(Qn + BN2 * SQ, dout, b, h, q0, T_, H);
         if (threadIdx.x < 2 * BN2) {
             const int r = q0 + (threadIdx.x & (BN2 - 1));
-            const float *src = (threadIdx.x < BN2 ? lse : Dr) + (int64_t)bh * T_ + (r < T_ ? r : 0);
+            // 32-bit offset: the dispatch keeps B H T below 2^31
+            const float *src = (threadIdx.x < BN2 ? lse : Dr) + (bh * T_ + (r < T_ ? r : 0));
             cp_async4(smem_u32(stats + st * 2 * BN2 + threadIdx.x), src, r < T_);
         }
     };
     load_rows<BM2, D>(Ks, k, b, h, k0, T_, H);
     load_rows<BM2, DV>(Vs, v, b, h, k0, T_, H);
-    load_stage(qt0);
+    load_stage(qt0, 0);
     cp_async_commit();
 #pragma unroll
     for (int s = 1; s < NST - 1; s++) {
-        if (qt0 + s < nq) load_stage(qt0 + s);
+        if (qt0 + s < nq) load_stage(qt0 + s, s);
         cp_async_commit();
     }
     float dka[D / 8][4] = {}, dva[DV / 8][4] = {};
-    for (int qt = qt0; qt < nq; qt++) {
+    for (int qt = qt0, st = 0; qt < nq; qt++, st = st == NST - 1 ? 0 : st + 1) { // st: this tile's stage
         cp_async_wait<NST - 2>(); // this tile's group has landed (for this thread) ...
         __syncthreads();          // ... for every thread; and every warp is done with the stage refilled next
-        if (qt + NST - 1 < nq) load_stage(qt + NST - 1);
+        if (qt + NST - 1 < nq) load_stage(qt + NST - 1, st == 0 ? NST - 1 : st - 1);
         cp_async_commit(); // possibly empty: keeps the group count in step with the tiles
-        const int st = (qt - qt0) % NST, q0 = qt * BN2;
+        const int q0 = qt * BN2;
         const bf16 *Qc = QD + st * STAGE, *dOc = Qc + BN2 * SQ;
         const float *lse_s = stats + st * 2 * BN2, *D_s = lse_s + BN2;
 #pragma unroll 1
