@@ -2,6 +2,12 @@
 // multiples of 16, D <= 192 (MLA: 128 nope + 64 rope) and DV <= 128. cuda_attention.cu dispatches here and keeps its
 // FP32 CUDA-core kernels for F32 tensors and other shapes.
 //
+// Two kernel sets behind the same entry points (attn_tc_forward / attn_tc_backward, at the end of this file): the
+// first set below ("v1", 4-warp CTAs, run-time head dims: any supported dims) and the second in
+// cuda_attention_tc2.cu ("v2", 8-warp CTAs, compile-time head dims: the pairs attn_tc2_supported lists, MLA's
+// 192/128 among them; 2.9x v1's backward on an H100). v2 is the default where it applies; DSV3_ATTN_FWD=v1 and
+// DSV3_ATTN_BWD=v1 select v1 (for A/B runs and as a fallback).
+//
 // Math: mma.sync.m16n8k16 BF16 x BF16 -> FP32 (warp-level tensor-core MMA; not wgmma), operands from shared memory
 // through ldmatrix (.trans for the operands whose contraction runs along the rows of a row-major tile). Scores,
 // softmax statistics and all accumulators stay FP32; only P and dS are rounded to BF16 to feed the second MMA.

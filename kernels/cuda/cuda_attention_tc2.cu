@@ -19,13 +19,17 @@
 // - The softmax scale is applied once to the FP32 accumulators at the store (dK, dQ), not to every dS element.
 // Still deterministic: every output element is written by exactly one thread, summed in a fixed order; no atomics.
 //
+// Measured (H100, same shape, bench_ops_gpu): backward 10.27 -> 3.54 ms (65 -> 189 TFLOP/s counted, 2.9x), forward
+// 1.81 -> 1.14 ms (142 -> 225 TFLOP/s). Nsight Compute on the merged backward: shared-memory (L1) throughput 72%,
+// tensor pipe 40%, 8 warps per SM (registers and shared memory both allow one CTA), stalls split between
+// ldmatrix->mma dependencies and fixed-latency MMA chains. ldmatrix traffic is the limit: with 16 rows per warp
+// each B fragment feeds only two m16n8k16 MMAs (dK/dV: 100 ldmatrix.x4 per 160 MMAs; dQ: 148 per 256), and every
+// warp reloads the same streamed fragments. The next step is wgmma (a warpgroup reads each B tile once for 64 rows).
+//
 // Work per warp and (64-row) streamed tile, backward: dK/dV: S^T (16 keys x 32 queries, two halves per tile so the
 // dK 16x192 and dV 16x128 FP32 accumulators (160 registers) fit), dP^T, then dV += P^T dO and dK += dS^T Q with
 // P^T, dS^T as A fragments straight from the accumulators. dQ: S and dP for 16 queries x 64 keys, dQ += dS K.
 #include "kernels/cuda/cuda_attention_tc_impl.cuh"
-
-#include <stdlib.h>
-#include <string.h>
 
 namespace {
 
