@@ -2,6 +2,12 @@
 // multiples of 16, D <= 192 (MLA: 128 nope + 64 rope) and DV <= 128. cuda_attention.cu dispatches here and keeps its
 // FP32 CUDA-core kernels for F32 tensors and other shapes.
 //
+// Two kernel sets behind the same entry points (attn_tc_forward / attn_tc_backward, at the end of this file): the
+// first set below ("v1", 4-warp CTAs, run-time head dims: any supported dims) and the second in
+// cuda_attention_tc2.cu ("v2", 8-warp CTAs, compile-time head dims: the pairs attn_tc2_supported lists, MLA's
+// 192/128 among them; 2.9x v1's backward on an H100). v2 is the default where it applies; DSV3_ATTN_FWD=v1 and
+// DSV3_ATTN_BWD=v1 select v1 (for A/B runs and as a fallback).
+//
 // Math: mma.sync.m16n8k16 BF16 x BF16 -> FP32 (warp-level tensor-core MMA; not wgmma), operands from shared memory
 // through ldmatrix (.trans for the operands whose contraction runs along the rows of a row-major tile). Scores,
 // softmax statistics and all accumulators stay FP32; only P and dS are rounded to BF16 to feed the second MMA.
@@ -17,9 +23,10 @@
 // Backward: Dr = rowsum(dO * O) from the caller; dK/dV kernel: a CTA per 64 keys loops over query tiles at and below
 // the diagonal (recomputing P^T = exp(S^T - lse) from K Q^T and dP^T from V dO^T); dQ kernel: a CTA per 64 queries
 // loops over the key tiles up to the diagonal. No atomics: deterministic, like the FP32 path.
-#include "kernels/cuda/cuda_attention_tc.cuh"
+#include "kernels/cuda/cuda_attention_tc_impl.cuh"
 
-#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -28,46 +35,12 @@ constexpr int TC_BN = 64;              // rows of each streamed inner tile
 constexpr int TC_WARPS = 4, TC_NTH = 32 * TC_WARPS;
 constexpr int TC_HALF = 32;            // backward: inner columns processed per pass
 constexpr int TC_DMAX = 192, TC_DVMAX = 128;
-constexpr int PAD = 8;                 // bf16 elements of row padding (16 bytes)
-constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
 
 static_assert(TC_BM == 16 * TC_WARPS, "each warp owns 16 rows (the M of one m16n8k16 MMA)");
 static_assert(TC_BN == 64, "forward score fragment s[8][4] covers 8 n-tiles of 8 keys");
 static_assert(TC_BN % TC_HALF == 0 && TC_HALF % 16 == 0, "backward halves are whole k16 steps");
 static_assert(TC_DMAX % 16 == 0 && TC_DVMAX % 16 == 0, "head dims are walked in pairs of n8 tiles / k16 steps");
-static_assert((PAD * 2) % 16 == 0 && ((PAD * 2) / 16) % 2 == 1,
-              "padding: an odd number of 16-byte chunks, so (16-multiple row + pad) strides are odd multiples of 16 B");
 static_assert(TC_DVMAX / 8 == 16 && TC_DMAX / 8 == 24, "accumulator array sizes below");
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-// c += a (16 x 16, row) * b (16 x 8, col); BF16 inputs, FP32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lower address, lower column) = lo
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-// 16-byte global -> shared copy; valid == false zero-fills (src-size 0, src not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Starts copying rows [t0, t0 + 64) of head h of sequence b of x (B, T, H, ncols) into dst (64, ncols + PAD);
 // rows past T are zero.
@@ -81,58 +54,6 @@ __device__ __forceinline__ void tc_load_tile(bf16 *dst, const bf16 *x, int b, in
     }
 }
 
-// A fragment (16 x 16) of rows [r0, r0 + 16), columns [c0, c0 + 16) of a row-major tile.
-__device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *tile, int stride, int r0, int c0, int lane) {
-    ldsm_x4(a, smem_u32(tile + (r0 + (lane & 15)) * stride + c0 + (lane >> 4) * 8));
-}
-// B fragments of two n8 tiles where B[k][n] = tile[n0 + n][c0 + k] (contraction along the tile's columns):
-// b[0], b[1] for rows n0..n0+7, b[2], b[3] for rows n0+8..n0+15.
-__device__ __forceinline__ void ld_b_rows(uint32_t (&b)[4], const bf16 *tile, int stride, int n0, int c0, int lane) {
-    ldsm_x4(b, smem_u32(tile + (n0 + (lane & 7) + (lane >> 4) * 8) * stride + c0 + ((lane >> 3) & 1) * 8));
-}
-// B fragments of two n8 tiles where B[k][n] = tile[k0 + k][n0 + n] (contraction along the tile's rows):
-// b[0], b[1] for columns n0..n0+7, b[2], b[3] for columns n0+8..n0+15.
-__device__ __forceinline__ void ld_b_cols(uint32_t (&b)[4], const bf16 *tile, int stride, int k0, int n0, int lane) {
-    ldsm_x4_t(b, smem_u32(tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + n0 + (lane >> 4) * 8));
-}
-// A fragment for keys/queries [16 kk, 16 kk + 16) from an accumulator fragment c[n8 tile][4] (the C layout of two
-// neighbouring n8 tiles is the A layout of one k16 step).
-template <int N>
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[N][4], int kk) {
-    a[0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
-    a[1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
-    a[2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
-    a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
-}
-
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-// Stores an accumulator fragment acc[n8 tiles][4] of 16 rows: rows row0 + g and row0 + 8 + g, columns
-// 8 j + 2 tq (+1), into x (B, T, H, ncols) scaled by mul[2] (per row); rows at or past T are skipped.
-template <int N>
-__device__ __forceinline__ void store_acc(bf16 *x, const float (&acc)[N][4], const float (&mul)[2], int b, int h,
-                                          int row0, int T_, int H, int ncols, int lane) {
-    const int g = lane >> 2, tq = lane & 3;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int t = row0 + g + 8 * i;
-        if (t >= T_) continue;
-        bf16 *xr = x + (((int64_t)b * T_ + t) * H + h) * ncols;
-#pragma unroll
-        for (int j = 0; j < N; j++)
-            if (8 * j < ncols)
-                *reinterpret_cast<__nv_bfloat162 *>(xr + 8 * j + 2 * tq) =
-                    __floats2bfloat162_rn(acc[j][2 * i] * mul[i], acc[j][2 * i + 1] * mul[i]);
-    }
-}
-
 // Q tile + two stages of (K, V) tiles
 constexpr size_t tc_fwd_smem(int D, int DV) {
     return sizeof(bf16) * (size_t)(TC_BM * (D + PAD) + 2 * TC_BN * (D + DV + 2 * PAD));
@@ -141,7 +62,6 @@ constexpr size_t tc_fwd_smem(int D, int DV) {
 constexpr size_t tc_bwd_smem(int D, int DV) {
     return sizeof(bf16) * (size_t)((TC_BM + 2 * TC_BN) * (D + DV + 2 * PAD)) + sizeof(float) * 2 * 2 * TC_BN;
 }
-constexpr size_t SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum on sm_90
 static_assert(tc_fwd_smem(TC_DMAX, TC_DVMAX) <= SMEM_LIMIT && tc_bwd_smem(TC_DMAX, TC_DVMAX) <= SMEM_LIMIT,
               "tiles at the largest head dims must fit one block's shared memory");
 static_assert(2 * tc_fwd_smem(192, 128) + 2 * 1024 <= 228 * 1024, "two forward CTAs per SM at the MLA head dims");
@@ -458,6 +378,16 @@ void tc_set_smem(void) {
 
 } // namespace
 
+// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 (unset: v2) pick the kernel set; read at every call (one getenv beside a
+// kernel launch) so that a test or benchmark can A/B both in one process. v2 covers the head dims that
+// attn_tc2_supported lists; other dims take v1 either way.
+static int attn_tc_version(const char *var) {
+    const char *e = getenv(var);
+    if (!e || !*e || !strcmp(e, "v2")) return 2;
+    if (!strcmp(e, "v1")) return 1;
+    die("%s=%s: expected v1 or v2", var, e);
+}
+
 bool attn_tc_supported(int D, int DV, const void *const *ptrs, int nptrs) {
     if (D < 16 || D > TC_DMAX || D % 16 || DV < 16 || DV > TC_DVMAX || DV % 16) return false;
     for (int i = 0; i < nptrs; i++)
@@ -467,6 +397,10 @@ bool attn_tc_supported(int D, int DV, const void *const *ptrs, int nptrs) {
 
 void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T_, int H, int D,
                      int DV, float scale, cudaStream_t s) {
+    if (attn_tc_version("DSV3_ATTN_FWD") == 2 && attn_tc2_supported(D, DV)) {
+        attn_tc2_forward(out, lse, q, k, v, B, T_, H, D, DV, scale, s);
+        return;
+    }
     tc_set_smem();
     dim3 grid((unsigned)(B * H), (unsigned)((T_ + TC_BM - 1) / TC_BM));
     attn_tc_fwd_kernel<<<grid, TC_NTH, tc_fwd_smem(D, DV), s>>>(out, lse, q, k, v, T_, H, D, DV, scale * LOG2E);
@@ -476,6 +410,11 @@ void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
 void attn_tc_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
                       const float *lse, const float *Dr, int B, int T_, int H, int D, int DV, float scale,
                       cudaStream_t s) {
+    // v2 indexes lse and Dr (B, H, T) with 32-bit offsets (a register fewer in its dK/dV loop)
+    if (attn_tc_version("DSV3_ATTN_BWD") == 2 && attn_tc2_supported(D, DV) && (int64_t)B * H * T_ <= INT32_MAX) {
+        attn_tc2_backward(dq, dk, dv, q, k, v, dout, lse, Dr, B, T_, H, D, DV, scale, s);
+        return;
+    }
     tc_set_smem();
     dim3 grid((unsigned)(B * H), (unsigned)((T_ + TC_BM - 1) / TC_BM));
     const size_t smem = tc_bwd_smem(D, DV);

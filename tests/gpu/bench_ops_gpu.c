@@ -1,8 +1,8 @@
 // Micro-benchmark of the cuda backend's heavy ops at the bench-1gpu shapes (dim 1536, 12 heads, qk head 192, v head
 // 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt, the
 // grouped (MoE) GEMMs (the one-launch BF16 kernels against the per-expert cuBLASLt loop), and causal attention
-// forward and backward. Prints milliseconds and TFLOP/s; asserts
-// nothing (timings vary from machine to machine). Usage: build/bench_ops_gpu [iterations]
+// forward and backward. Prints milliseconds and TFLOP/s; asserts nothing (timings vary from machine to machine).
+// Usage: build/bench_ops_gpu [iterations] [attention]   (with "attention": only the attention rows)
 //
 // FLOP counts: a GEMM is 2 M N K. Causal attention counts the visible half of the score matrix: forward
 // 2 B H (T^2 / 2) (D + DV) (QK^T and PV), backward 2 B H (T^2 / 2) (3 D + 2 DV) (QK^T recomputed, dP = dO V^T,
@@ -161,7 +161,12 @@ static void attn_bwd(void *c) {
     G->attention_backward(a->dq, a->dk, a->dv, a->dout, a->q, a->k, a->v, a->out, a->lse, a->scale);
 }
 
-static void bench_attention(int B, int T, int H, int D, int DV, DType dt) {
+// ver: the tensor-core kernel set for BF16 (1 or 2: DSV3_ATTN_FWD / DSV3_ATTN_BWD), 0 for F32.
+static void bench_attention(int B, int T, int H, int D, int DV, DType dt, int ver) {
+    if (ver) {
+        setenv("DSV3_ATTN_FWD", ver == 1 ? "v1" : "v2", 1);
+        setenv("DSV3_ATTN_BWD", ver == 1 ? "v1" : "v2", 1);
+    }
     AttnCtx a;
     int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV;
     size_t es = dtype_size(dt);
@@ -178,28 +183,38 @@ static void bench_attention(int B, int T, int H, int D, int DV, DType dt) {
     double half = (double)T * T / 2.0, bh = (double)B * H;
     double ff = 2.0 * bh * half * (D + DV), fb = 2.0 * bh * half * (3.0 * D + 2.0 * DV);
     double tf = time_it(attn_fwd, &a), tb = time_it(attn_bwd, &a);
-    printf("attention %-4s B %d T %d H %d D %d DV %d | fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f TFLOP/s | "
+    printf("attention %-4s %-2s B %d T %d H %d D %d DV %d | fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f TFLOP/s | "
            "fwd+bwd %6.1f TFLOP/s\n",
-           dt == DT_BF16 ? "bf16" : "f32", B, T, H, D, DV, tf * 1e3, ff / tf * 1e-12, tb * 1e3, fb / tb * 1e-12,
+           dt == DT_BF16 ? "bf16" : "f32", ver == 1 ? "v1" : ver == 2 ? "v2" : "", B, T, H, D, DV, tf * 1e3, ff / tf * 1e-12, tb * 1e3, fb / tb * 1e-12,
            (ff + fb) / (tf + tb) * 1e-12);
+    G->free(a.q.data), G->free(a.k.data), G->free(a.v.data), G->free(a.dout.data), G->free(a.out.data);
+    G->free(a.lse.data), G->free(a.dq.data), G->free(a.dk.data), G->free(a.dv.data);
+    unsetenv("DSV3_ATTN_FWD"), unsetenv("DSV3_ATTN_BWD");
 }
 
 int main(int argc, char **argv) {
     if (argc > 1) g_iters = atoi(argv[1]);
-    if (g_iters < 1) die("usage: %s [iterations >= 1]", argv[0]);
+    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention]", argv[0]);
+    const int attn_only = argc > 2 && !strcmp(argv[2], "attention");
+    if (argc > 2 && !attn_only) die("usage: %s [iterations >= 1] [attention]: unknown argument '%s'", argv[0], argv[2]);
     G = backend_get("cuda");
     const int64_t M = 4 * 4096; // tokens of one micro-batch
     printf("cuda backend micro-benchmark (%d iterations after 2 warm-ups)\n", g_iters);
-    // MLA projections at dim 1536: q up-projection 1536 -> 12 x 192, output 12 x 128 -> 1536, a wide FFN-like one
-    bench_gemm("q_up (1536->2304)", M, 2304, 1536, DT_BF16);
-    bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_BF16);
-    bench_gemm("wide (1536->8192)", M, 8192, 1536, DT_BF16);
-    bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
-    // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536)
-    bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16);
-    bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16);
-    bench_attention(4, 4096, 12, 192, 128, DT_BF16);
-    bench_attention(4, 4096, 12, 192, 128, DT_F32);
-    bench_attention(1, 4096, 12, 192, 128, DT_BF16);
+    if (!attn_only) {
+        // MLA projections at dim 1536: q up-projection 1536 -> 12 x 192, output 12 x 128 -> 1536, a wide FFN-like one
+        bench_gemm("q_up (1536->2304)", M, 2304, 1536, DT_BF16);
+        bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_BF16);
+        bench_gemm("wide (1536->8192)", M, 8192, 1536, DT_BF16);
+        bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
+        // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536)
+        bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16);
+        bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16);
+    }
+    // BF16 attention on both tensor-core kernel sets (v1: the first, 4-warp kernels; v2: the default)
+    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 1);
+    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 2);
+    bench_attention(4, 4096, 12, 192, 128, DT_F32, 0);
+    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 1);
+    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 2);
     return 0;
 }

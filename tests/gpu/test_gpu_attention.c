@@ -82,8 +82,18 @@ TEST(gpu_mla_kv_assemble_exact) {
     GT_EXACT("kv_assemble_bwd dk_rope (head sum)", gt_host(d_dkr, N * rope, DT_F32), dkr, N * rope);
 }
 
+// The tensor-core kernel sets (DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2; cuda_attention_tc.cu). v2 is instantiated
+// for these head dims (cuda_attention_tc2.cu: TC2_DIMS); other tensor-core dims run v1 under either setting.
+static int tc2_dims(int D, int DV) { return (D == 192 && DV == 128) || (D == 128 && DV == 128) || (D == 64 && DV == 64); }
+
+static void attn_set_version(int ver) {
+    setenv("DSV3_ATTN_FWD", ver == 1 ? "v1" : "v2", 1);
+    setenv("DSV3_ATTN_BWD", ver == 1 ? "v1" : "v2", 1);
+}
+
 // Forward and backward of one shape; the backward of both backends starts from the cpu's out and lse, so both
-// differentiate the same forward.
+// differentiate the same forward. Tensor-core shapes with a v2 kernel run both kernel sets against the one cpu
+// reference.
 static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
     const int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV, nl = (int64_t)B * H * T;
     const float scale = 1.0f / sqrtf((float)D);
@@ -93,19 +103,7 @@ static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
     C->attention_forward(tensor_4d(out, DT_F32, B, T, H, DV), tensor_3d(lse, DT_F32, B, H, T),
                          tensor_4d(q, DT_F32, B, T, H, D), tensor_4d(k, DT_F32, B, T, H, D),
                          tensor_4d(v, DT_F32, B, T, H, DV), scale);
-    void *d_q = gt_dev(q, nq, dt), *d_k = gt_dev(k, nq, dt), *d_v = gt_dev(v, nv, dt);
-    void *d_out = gt_dev_poison(nv, dt), *d_lse = gt_dev_poison(nl, DT_F32);
-    Tensor tq = tensor_4d(d_q, dt, B, T, H, D), tk = tensor_4d(d_k, dt, B, T, H, D), tv = tensor_4d(d_v, dt, B, T, H, DV);
-    G->attention_forward(tensor_4d(d_out, dt, B, T, H, DV), tensor_3d(d_lse, DT_F32, B, H, T), tq, tk, tv, scale);
     const int bf = dt == DT_BF16;
-    const int tc = bf && D % 16 == 0 && DV % 16 == 0 && D <= 192 && DV <= 128; // the cuda dispatch rule
-    const double frt = tc ? 2e-2 : bf ? 1e-2 : 1e-4, fat = tc ? 2e-2 : bf ? 1e-2 : 1e-5;
-    char what[160];
-    snprintf(what, sizeof what, "attn B%d T%d H%d D%d DV%d %s out", B, T, H, D, DV,
-             tc ? "bf16 tensor-core" : bf ? "bf16" : "f32");
-    GT_CLOSE(what, gt_host(d_out, nv, dt), out, nv, frt, fat);
-    GT_CLOSE("attn lse", gt_host(d_lse, nl, DT_F32), lse, nl, tc ? 1e-4 : 1e-5, 1e-6);
-
     float *outr = bf ? gt_round_bf16(out, nv) : out; // what a BF16 forward would have stored
     float *dq = malloc(sizeof(float) * nq), *dk = malloc(sizeof(float) * nq), *dv = malloc(sizeof(float) * nv);
     C->attention_backward(tensor_4d(dq, DT_F32, B, T, H, D), tensor_4d(dk, DT_F32, B, T, H, D),
@@ -113,18 +111,35 @@ static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
                           tensor_4d(q, DT_F32, B, T, H, D), tensor_4d(k, DT_F32, B, T, H, D),
                           tensor_4d(v, DT_F32, B, T, H, DV), tensor_4d(outr, DT_F32, B, T, H, DV),
                           tensor_3d(lse, DT_F32, B, H, T), scale);
+    const int tc = bf && D % 16 == 0 && DV % 16 == 0 && D <= 192 && DV <= 128; // the cuda dispatch rule
+    const int nver = tc && tc2_dims(D, DV) ? 2 : 1;
+    void *d_q = gt_dev(q, nq, dt), *d_k = gt_dev(k, nq, dt), *d_v = gt_dev(v, nv, dt);
     void *d_o2 = gt_dev(outr, nv, dt), *d_l2 = gt_dev(lse, nl, DT_F32), *d_do = gt_dev(dout, nv, dt);
-    void *d_dq = gt_dev_poison(nq, dt), *d_dk = gt_dev_poison(nq, dt), *d_dv = gt_dev_poison(nv, dt);
-    G->attention_backward(tensor_4d(d_dq, dt, B, T, H, D), tensor_4d(d_dk, dt, B, T, H, D),
-                          tensor_4d(d_dv, dt, B, T, H, DV), tensor_4d(d_do, dt, B, T, H, DV), tq, tk, tv,
-                          tensor_4d(d_o2, dt, B, T, H, DV), tensor_3d(d_l2, DT_F32, B, H, T), scale);
-    const double rt = tc ? 2e-2 : bf ? 1e-2 : 1e-3, at = tc ? 2e-2 : bf ? 1e-2 : 1e-4;
-    // Inputs are O(1): gradients that cancel to ~0 (T = 1: dq = dk = 0 exactly) keep FP32 noise of O(1) terms.
-    GT_CLOSE_ABS("attn dq", gt_host(d_dq, nq, dt), dq, nq, rt, at, 1e-6);
-    GT_CLOSE_ABS("attn dk", gt_host(d_dk, nq, dt), dk, nq, rt, at, 1e-6);
-    GT_CLOSE_ABS("attn dv", gt_host(d_dv, nv, dt), dv, nv, rt, at, 1e-6);
-    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_out), G->free(d_lse), G->free(d_o2), G->free(d_l2);
-    G->free(d_do), G->free(d_dq), G->free(d_dk), G->free(d_dv);
+    Tensor tq = tensor_4d(d_q, dt, B, T, H, D), tk = tensor_4d(d_k, dt, B, T, H, D), tv = tensor_4d(d_v, dt, B, T, H, DV);
+    for (int ver = nver; ver >= 1; ver--) {
+        if (tc) attn_set_version(ver);
+        void *d_out = gt_dev_poison(nv, dt), *d_lse = gt_dev_poison(nl, DT_F32);
+        G->attention_forward(tensor_4d(d_out, dt, B, T, H, DV), tensor_3d(d_lse, DT_F32, B, H, T), tq, tk, tv, scale);
+        const double frt = tc ? 2e-2 : bf ? 1e-2 : 1e-4, fat = tc ? 2e-2 : bf ? 1e-2 : 1e-5;
+        char what[160];
+        snprintf(what, sizeof what, "attn B%d T%d H%d D%d DV%d %s%s out", B, T, H, D, DV,
+                 tc ? "bf16 tensor-core" : bf ? "bf16" : "f32", !tc ? "" : ver == 1 ? " v1" : " v2");
+        GT_CLOSE(what, gt_host(d_out, nv, dt), out, nv, frt, fat);
+        GT_CLOSE("attn lse", gt_host(d_lse, nl, DT_F32), lse, nl, tc ? 1e-4 : 1e-5, 1e-6);
+
+        void *d_dq = gt_dev_poison(nq, dt), *d_dk = gt_dev_poison(nq, dt), *d_dv = gt_dev_poison(nv, dt);
+        G->attention_backward(tensor_4d(d_dq, dt, B, T, H, D), tensor_4d(d_dk, dt, B, T, H, D),
+                              tensor_4d(d_dv, dt, B, T, H, DV), tensor_4d(d_do, dt, B, T, H, DV), tq, tk, tv,
+                              tensor_4d(d_o2, dt, B, T, H, DV), tensor_3d(d_l2, DT_F32, B, H, T), scale);
+        const double rt = tc ? 2e-2 : bf ? 1e-2 : 1e-3, at = tc ? 2e-2 : bf ? 1e-2 : 1e-4;
+        // Inputs are O(1): gradients that cancel to ~0 (T = 1: dq = dk = 0 exactly) keep FP32 noise of O(1) terms.
+        GT_CLOSE_ABS("attn dq", gt_host(d_dq, nq, dt), dq, nq, rt, at, 1e-6);
+        GT_CLOSE_ABS("attn dk", gt_host(d_dk, nq, dt), dk, nq, rt, at, 1e-6);
+        GT_CLOSE_ABS("attn dv", gt_host(d_dv, nv, dt), dv, nv, rt, at, 1e-6);
+        G->free(d_out), G->free(d_lse), G->free(d_dq), G->free(d_dk), G->free(d_dv);
+    }
+    unsetenv("DSV3_ATTN_FWD"), unsetenv("DSV3_ATTN_BWD");
+    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_o2), G->free(d_l2), G->free(d_do);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
     if (bf) free(outr);
 }
@@ -147,19 +162,78 @@ TEST(gpu_attention_bf16) {
     gt_init(35);
     check_attention(2, 300, 4, 192, 128, DT_BF16); // tensor cores
     check_attention(1, 77, 2, 40, 24, DT_BF16);    // head dims not multiples of 16: the FP32 kernels
+    check_attention(2, 128, 4, 24, 16, DT_BF16);   // configs/tiny.yaml's attention (qk 16 + 8, v 16): FP32 kernels
 }
 
-// The tensor-core kernels: MLA head dims at T 4096 (64 full tiles, the causal diagonal in every CTA's last tile),
-// an odd T (1000: the last tile holds 40 rows, cp.async zero-fills the rest), the smallest and other multiples of
-// 16, single tokens and a T below one tile.
+// The tensor-core kernels, both sets (v2: 128-row CTA tiles, 64-row streamed tiles): MLA head dims at T 4096 (32
+// full 128-row tiles, the causal diagonal in every CTA), an odd T (1000: the last 128-row tile holds 104 rows, the
+// last 64-row tile 40; cp.async zero-fills the rest), T = 1, T below one 64-row tile (37) and between one and two
+// (100), B and H > 1 everywhere, the other v2 instantiations (128/128, 64/64) and dims that only v1 takes.
 TEST(gpu_attention_bf16_tensor_core) {
     gt_init(36);
     check_attention(1, 4096, 2, 192, 128, DT_BF16);
     check_attention(2, 1000, 3, 192, 128, DT_BF16);
+    check_attention(3, 1, 2, 192, 128, DT_BF16);
+    check_attention(2, 37, 3, 192, 128, DT_BF16);
+    check_attention(2, 100, 2, 192, 128, DT_BF16);
+    check_attention(1, 37, 1, 128, 128, DT_BF16);
+    check_attention(2, 250, 3, 64, 64, DT_BF16);
     check_attention(1, 129, 2, 16, 16, DT_BF16);
     check_attention(2, 200, 2, 64, 96, DT_BF16);
-    check_attention(3, 1, 2, 192, 128, DT_BF16);
-    check_attention(1, 37, 1, 128, 128, DT_BF16);
+}
+
+// Bit-reproducible backward (exact resume depends on it): the same inputs twice give the same bits, for each set.
+TEST(gpu_attention_bf16_deterministic) {
+    gt_init(37);
+    const int B = 2, T = 700, H = 3, D = 192, DV = 128;
+    const int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV, nl = (int64_t)B * H * T;
+    float *q = ops_rand(nq, 2.0f), *k = ops_rand(nq, 2.0f), *v = ops_rand(nv, 1.0f), *dout = ops_rand(nv, 1.0f);
+    void *d_q = gt_dev(q, nq, DT_BF16), *d_k = gt_dev(k, nq, DT_BF16), *d_v = gt_dev(v, nv, DT_BF16);
+    void *d_do = gt_dev(dout, nv, DT_BF16), *d_out = gt_dev_poison(nv, DT_BF16), *d_lse = gt_dev_poison(nl, DT_F32);
+    Tensor tq = tensor_4d(d_q, DT_BF16, B, T, H, D), tk = tensor_4d(d_k, DT_BF16, B, T, H, D);
+    Tensor tv = tensor_4d(d_v, DT_BF16, B, T, H, DV), to = tensor_4d(d_out, DT_BF16, B, T, H, DV);
+    Tensor tl = tensor_3d(d_lse, DT_F32, B, H, T), tdo = tensor_4d(d_do, DT_BF16, B, T, H, DV);
+    for (int ver = 1; ver <= 2; ver++) {
+        attn_set_version(ver);
+        G->attention_forward(to, tl, tq, tk, tv, 1.0f / sqrtf((float)D));
+        float *first[3] = {NULL, NULL, NULL};
+        for (int rep = 0; rep < 2; rep++) {
+            void *g[3] = {gt_dev_poison(nq, DT_BF16), gt_dev_poison(nq, DT_BF16), gt_dev_poison(nv, DT_BF16)};
+            G->attention_backward(tensor_4d(g[0], DT_BF16, B, T, H, D), tensor_4d(g[1], DT_BF16, B, T, H, D),
+                                  tensor_4d(g[2], DT_BF16, B, T, H, DV), tdo, tq, tk, tv, to, tl,
+                                  1.0f / sqrtf((float)D));
+            const int64_t n[3] = {nq, nq, nv};
+            static const char *names[3] = {"dq", "dk", "dv"};
+            for (int i = 0; i < 3; i++) {
+                float *h = gt_host(g[i], n[i], DT_BF16);
+                if (rep == 0) first[i] = h;
+                else {
+                    char what[64];
+                    snprintf(what, sizeof what, "attn v%d %s run 2 vs run 1", ver, names[i]);
+                    GT_EXACT(what, h, first[i], n[i]);
+                    free(h), free(first[i]);
+                }
+                G->free(g[i]);
+            }
+        }
+    }
+    unsetenv("DSV3_ATTN_FWD"), unsetenv("DSV3_ATTN_BWD");
+    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_do), G->free(d_out), G->free(d_lse);
+    free(q), free(k), free(v), free(dout);
+}
+
+static void bad_version(void *ctx) {
+    (void)ctx;
+    setenv("DSV3_ATTN_BWD", "v3", 1);
+    const Backend *g = backend_get("cuda");
+    const int T = 4, D = 64;
+    void *x = g->alloc(T * D * 2 * 8), *l = g->alloc(T * 4);
+    Tensor t = tensor_4d(x, DT_BF16, 1, T, 1, D);
+    g->attention_backward(t, t, t, t, t, t, t, t, tensor_3d(l, DT_F32, 1, 1, T), 1.0f);
+}
+
+TEST(gpu_attention_rejects_bad_version) {
+    EXPECT_DIE(bad_version, NULL, "DSV3_ATTN_BWD=v3: expected v1 or v2");
 }
 
 static void bad_head_dim(void *ctx) {
