@@ -100,7 +100,7 @@ static Plan *plan_get(const char *op, const PlanKey *key) {
     int found = 0;
     // NOT_SUPPORTED means no algorithm for this configuration: the same as an empty answer.
     cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found);
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED) found = 0;
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) found = 0;   // no algorithm
     else CUBLAS_CHECK(st);
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     p->have_algo = found >= 1;
@@ -138,8 +138,11 @@ static int64_t next_pow2(int64_t x) {
 // k: the heuristic answers once for the bucket's upper bound, and each call runs that algorithm on layouts of its
 // exact shape. If cuBLASLt refuses the algorithm for a smaller shape, the product goes through cublasGemmEx.
 static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const void *B, void *C, float beta) {
+    // Only dimensions that are no matrix's leading (row) dimension may grow: a stored row count above its ld is
+    // invalid. n is a row count only of a transposed B; k is one of a transposed A and of a plain B.
     PlanKey bk = key;
-    bk.m = next_pow2(key.m), bk.n = next_pow2(key.n), bk.k = next_pow2(key.k);
+    if (!key.transb) bk.n = next_pow2(key.n);
+    if (!key.transa && key.transb) bk.k = next_pow2(key.k);
     Plan *p = plan_get(op, &bk);
     if (!p->have_algo) {
         gemmex(op, &key, A, B, C, beta);

@@ -5,7 +5,7 @@
 # shape, MTP 0, BF16, AdamW, eager and torch.compile, the same 32 sequences per optimizer step) on the same GPU, and
 # the ratio of our MTP-0 tokens/s over each peer mode's.
 #
-#     bash tests/bench/bench_1gpu.sh [build dir]      (STEPS=8 by default; PEER=0 skips the peer)
+#     bash tests/bench/bench_1gpu.sh [build dir]      (STEPS=8 by default; PEER=0 skips the peer; PEER_ARGS go to peer_hf.py)
 set -euo pipefail
 BUILD=${1:-build}
 STEPS=${STEPS:-8}
@@ -24,7 +24,7 @@ if ! python3 -c "import torch, transformers" 2>/dev/null; then
     echo "bench: no torch/transformers here: the peer is skipped"
     exit 0
 fi
-python3 tests/bench/peer_hf.py | tee "$out/peer.log"
+python3 tests/bench/peer_hf.py ${PEER_ARGS:-} | tee "$out/peer.log"
 for mode in eager compile; do
     peer=$(awk -v m="$mode" '$1 == "peer" && $2 == m {print $3}' "$out/peer.log")
     [ -n "$peer" ] && awk -v o="$ours" -v p="$peer" -v m="$mode" \
