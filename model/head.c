@@ -16,8 +16,9 @@ double head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets
         Tensor hn = tensor_rows(m->hn_f, r0, r1);
         be->matmul_forward(logits, hn, m->head.w, 0);
         // dlogits = ce_scale * (softmax - onehot): over the logits (F32), or into the BF16 buffer the GEMMs read
-        be->cross_entropy_forward_backward(tensor_rows(m->losses, r0, r1), train ? dlogits : tensor_2d(NULL, DT_F32, r1 - r0, V), logits,
-                                           tensor_rows(targets, r0, r1), ce_scale);
+        Tensor grad = train ? dlogits : tensor_2d(NULL, DT_F32, r1 - r0, V);   // eval: losses only
+        be->cross_entropy_forward_backward(tensor_rows(m->losses, r0, r1), grad, logits, tensor_rows(targets, r0, r1),
+                                           ce_scale);
         if (train) be->matmul_backward(tensor_rows(m->dhn, r0, r1), m->head.g, dlogits, hn, m->head.w, 0);
     }
     if (train) be->rmsnorm_backward(dx, norm.g, m->dhn, x, norm.w, rstd, accumulate_dx);
