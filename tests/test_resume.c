@@ -215,6 +215,14 @@ TEST(sample_and_export_from_a_trained_run) {
     ASSERT_EQ_INT(test_run(cmd, &b), 0);
     ASSERT_MSG(strncmp(a, "The ", 4) == 0, "sample output does not start with the prompt: %s", a);
     ASSERT_EQ_STR(a, b);
+    // --backend cpu (the run's own backend here) gives the same text; a bad backend is a clear error.
+    snprintf(cmd, sizeof cmd, "%s sample %s --prompt 'The ' --tokens 12 --backend cpu 2>/dev/null", test_bin("train"),
+             run);
+    ASSERT_EQ_INT(test_run(cmd, &b), 0);
+    ASSERT_EQ_STR(a, b);
+    snprintf(cmd, sizeof cmd, "%s sample %s --backend tpu", test_bin("train"), run);
+    ASSERT_EQ_INT(test_run(cmd, &out), 1);
+    ASSERT_CONTAINS(out, "sample: --backend tpu: expected cpu or cuda");
     snprintf(cmd, sizeof cmd, "%s sample %s --temperature -1", test_bin("train"), run);
     ASSERT_EQ_INT(test_run(cmd, &out), 1);
     ASSERT_CONTAINS(out, "temperature");

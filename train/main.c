@@ -27,6 +27,7 @@ static void usage(FILE *out) {
         "       build/train plan [--set section.key=value]... CONFIG\n"
         "       build/train export CKPT OUT_DIR [--dtype bf16|fp32] [--max-shard-gb N]\n"
         "       build/train sample CKPT|RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] [--seed S]\n"
+        "                          [--backend cpu|cuda]   (default: the run's; cpu samples in FP32)\n"
         "       build/train dump-config [--set section.key=value]... CONFIG\n"
         "       build/train --help-config\n"
         "       build/train --help\n"
@@ -139,8 +140,8 @@ static void sample_emit(const char *bytes, size_t n, void *user) {
 // Generates text from a checkpoint: the model and tokenizer come from the config recorded in its manifest.
 static int cmd_sample(int argc, char **argv) {
     if (argc < 3) die("usage: build/train sample CKPT [--prompt TEXT] [--tokens N] [--temperature T] [--top-p P] "
-                      "[--seed S]");
-    const char *ckpt = argv[2], *prompt = "";
+                      "[--seed S] [--backend cpu|cuda]");
+    const char *ckpt = argv[2], *prompt = "", *backend = NULL;
     int n_new = 200;
     SampleOptions so = {.temperature = 0.0, .top_p = 1.0, .seed = 1};
     for (int i = 3; i < argc; i++) {
@@ -153,6 +154,10 @@ static int cmd_sample(int argc, char **argv) {
         else if (strcmp(a, "--temperature") == 0) { so.temperature = strtod(v, &end); if (*end) die("sample: --temperature %s: expected a number", v); }
         else if (strcmp(a, "--top-p") == 0) { so.top_p = strtod(v, &end); if (*end) die("sample: --top-p %s: expected a number", v); }
         else if (strcmp(a, "--seed") == 0) { so.seed = strtoull(v, &end, 10); if (*end) die("sample: --seed %s: expected an integer", v); }
+        else if (strcmp(a, "--backend") == 0) {
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0) die("sample: --backend %s: expected cpu or cuda", v);
+            backend = v;
+        }
         else die("sample: unknown argument %s", a);
     }
     // CKPT may also be a run directory: its newest complete checkpoint.
@@ -172,6 +177,14 @@ static int cmd_sample(int argc, char **argv) {
     snprintf(name, sizeof name, "%s (its manifest's config)", ckpt);
     config_load_text(&cfg, name, text, 0, NULL);
     ckpt_check_model(c, &cfg.model);
+    // --backend cpu samples a GPU run on a machine without one: in FP32 (the cpu backend is the FP32 reference; the
+    // checkpoint holds FP32 master weights whatever precision trained them).
+    if (backend) cfg.train.backend = strcmp(backend, "cuda") == 0 ? BACKEND_CUDA : BACKEND_CPU;
+    if (cfg.train.backend == BACKEND_CPU && cfg.train.precision != PRECISION_FP32) {
+        log_info("sample: the cpu backend computes in FP32 (the run trained with train.precision %s)",
+                 cfg.train.precision == PRECISION_BF16 ? "bf16" : "fp8");
+        cfg.train.precision = PRECISION_FP32;
+    }
 
     const Backend *be = backend_get(cfg.train.backend == BACKEND_CUDA ? "cuda" : "cpu");
     Model *m = model_create(&cfg, be, params_full_stage(&cfg.model), 1, cfg.train.seq_len);
