@@ -166,11 +166,11 @@ static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const v
     else CUBLAS_CHECK(st);
 }
 
-static int g_bucketed; // set around the grouped ops' per-expert products
-
-// Column-major D (m x n, ldc) = op(A) (m x k) @ op(B) (k x n) + beta * D, with D == C.
+// Column-major D (m x n, ldc) = op(A) (m x k) @ op(B) (k x n) + beta * D, with D == C. per_expert: a grouped op's
+// per-expert product, whose row count changes from call to call (plans keyed by buckets, lt_gemm_bucketed).
 static void lt_gemm(const char *op, int transa, int transb, int64_t m, int64_t n, int64_t k, const void *A, DType ta,
-                    int64_t lda, const void *B, DType tb, int64_t ldb, void *C, DType tc, int64_t ldc, float beta) {
+                    int64_t lda, const void *B, DType tb, int64_t ldb, void *C, DType tc, int64_t ldc, float beta,
+                    int per_expert) {
     if (m == 0 || n == 0) return;
     cudaStream_t s = cuda_stream();
     if (k == 0) { // an empty sum: D = beta * D, i.e. zero when overwriting, unchanged when accumulating
@@ -186,7 +186,7 @@ static void lt_gemm(const char *op, int transa, int transb, int64_t m, int64_t n
     key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
     key.ta = lt_type(ta), key.tb = lt_type(tb), key.tc = lt_type(tc);
     key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C);
-    if (g_bucketed) {
+    if (per_expert) {
         lt_gemm_bucketed(op, key, A, B, C, beta);
         return;
     }
@@ -204,18 +204,18 @@ static void lt_gemm(const char *op, int transa, int transb, int64_t m, int64_t n
 
 // out (M, N) [+]= inp (M, K) @ w (N, K)^T  on raw pointers.
 static void mm_forward(const char *op, void *out, DType to, const void *inp, const void *w, DType ti, int64_t M,
-                       int64_t N, int64_t K, float beta) {
-    lt_gemm(op, 1, 0, N, M, K, w, ti, K, inp, ti, K, out, to, N, beta);
+                       int64_t N, int64_t K, float beta, int per_expert) {
+    lt_gemm(op, 1, 0, N, M, K, w, ti, K, inp, ti, K, out, to, N, beta, per_expert);
 }
 // dinp (M, K) [+]= dout (M, N) @ w (N, K)
 static void mm_dinp(const char *op, void *dinp, DType to, const void *dout, const void *w, DType ti, int64_t M,
-                    int64_t N, int64_t K, float beta) {
-    lt_gemm(op, 0, 0, K, M, N, w, ti, K, dout, ti, N, dinp, to, K, beta);
+                    int64_t N, int64_t K, float beta, int per_expert) {
+    lt_gemm(op, 0, 0, K, M, N, w, ti, K, dout, ti, N, dinp, to, K, beta, per_expert);
 }
 // dw (N, K) += dout (M, N)^T @ inp (M, K)
 static void mm_dw(const char *op, void *dw, DType to, const void *dout, const void *inp, DType ti, int64_t M,
-                  int64_t N, int64_t K) {
-    lt_gemm(op, 0, 1, K, N, M, inp, ti, K, dout, ti, N, dw, to, K, 1.0f);
+                  int64_t N, int64_t K, int per_expert) {
+    lt_gemm(op, 0, 1, K, N, M, inp, ti, K, dout, ti, N, dw, to, K, 1.0f, per_expert);
 }
 
 extern "C" void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate) {
@@ -228,7 +228,7 @@ extern "C" void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumu
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
     cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
     cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
-    mm_forward(op, out.data, out.dtype, inp.data, w.data, inp.dtype, M, N, K, accumulate ? 1.0f : 0.0f);
+    mm_forward(op, out.data, out.dtype, inp.data, w.data, inp.dtype, M, N, K, accumulate ? 1.0f : 0.0f, 0);
 }
 
 extern "C" void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp) {
@@ -245,14 +245,15 @@ extern "C" void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor
         cuda_same_dtype(op, "dout", &dout, "w", &w);
         cpu_agree(op, "dinp", &dinp, cpu_rows(&dinp), "inp", &inp, M, "M");
         cpu_agree(op, "dinp", &dinp, cpu_cols(&dinp), "inp", &inp, K, "K");
-        mm_dinp(op, dinp.data, dinp.dtype, dout.data, w.data, dout.dtype, M, N, K, accumulate_dinp ? 1.0f : 0.0f);
+        mm_dinp(op, dinp.data, dinp.dtype, dout.data, w.data, dout.dtype, M, N, K, accumulate_dinp ? 1.0f : 0.0f,
+                0);
     }
     if (dw.data) {
         cuda_need_float(op, "dw", &dw, 2);
         cuda_same_dtype(op, "dout", &dout, "inp", &inp);
         cpu_agree(op, "dw", &dw, dw.shape[0], "w", &w, N, "N");
         cpu_agree(op, "dw", &dw, dw.shape[1], "w", &w, K, "K");
-        mm_dw(op, dw.data, dw.dtype, dout.data, inp.data, inp.dtype, M, N, K);
+        mm_dw(op, dw.data, dw.dtype, dout.data, inp.data, inp.dtype, M, N, K, 0);
     }
 }
 
@@ -289,14 +290,12 @@ static void grouped_forward_check(const char *op, Tensor out, Tensor inp, Tensor
 static void grouped_forward_loop(const char *op, Tensor out, Tensor inp, Tensor w, const int32_t *offsets_host) {
     int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
     const size_t ei = dtype_size(inp.dtype), eo = dtype_size(out.dtype);
-    g_bucketed = 1;
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
         if (rows <= 0) continue;
         mm_forward(op, (char *)out.data + r0 * N * eo, out.dtype, (const char *)inp.data + r0 * K * ei,
-                   (const char *)w.data + e * N * K * ei, inp.dtype, rows, N, K, 0.0f);
+                   (const char *)w.data + e * N * K * ei, inp.dtype, rows, N, K, 0.0f, 1);
     }
-    g_bucketed = 0;
 }
 
 // BF16 inputs go to the one-launch grouped kernel (cuda_grouped_gemm.cu) unless cuda_gg_supported says no: N or K
@@ -347,19 +346,17 @@ static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor
                                   const int32_t *offsets_host) {
     int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
     const size_t ea = dtype_size(inp.dtype), ew = dtype_size(w.dtype), eg = dtype_size(dout.dtype);
-    g_bucketed = 1;
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
         if (rows <= 0) continue;
         const char *g = (const char *)dout.data + r0 * N * eg;
         if (dinp.data)
             mm_dinp(op, (char *)dinp.data + r0 * K * dtype_size(dinp.dtype), dinp.dtype, g,
-                    (const char *)w.data + e * N * K * ew, dout.dtype, rows, N, K, 0.0f);
+                    (const char *)w.data + e * N * K * ew, dout.dtype, rows, N, K, 0.0f, 1);
         if (dw.data)
             mm_dw(op, (char *)dw.data + e * N * K * dtype_size(dw.dtype), dw.dtype, g,
-                  (const char *)inp.data + r0 * K * ea, inp.dtype, rows, N, K);
+                  (const char *)inp.data + r0 * K * ea, inp.dtype, rows, N, K, 1);
     }
-    g_bucketed = 0;
 }
 
 // dinp and dw go to the grouped kernels independently: dinp when dout and w are BF16, dw when dout and inp are BF16
