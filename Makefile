@@ -53,7 +53,8 @@ ifneq ($(CU_SRC),)
   GPU_BINS  := $(BUILD)/test_gpu $(BUILD)/bench_ops_gpu
 endif
 endif
-GPU_TEST_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/gpu/bench_%.c,$(wildcard tests/gpu/*.c)))
+GPU_TEST_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/gpu/bench_%.c,$(wildcard tests/gpu/*.c))) \
+                 $(patsubst %.cu,$(BUILD)/obj/%.o,$(wildcard tests/gpu/*.cu))
 GPU_BENCH_OBJ := $(BUILD)/obj/tests/gpu/bench_ops_gpu.o
 
 .PHONY: all deps test run test-gpu bench bench-cpu bench-cpu-attention bench-ops-gpu clean
