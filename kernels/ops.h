@@ -14,7 +14,8 @@
 //   shape: (B, T, d) is read as (B*T, d). Weights and index tensors take exactly the documented rank.
 // - Optional arguments are passed as a tensor with data == NULL: dinp/dw of matmul, grouped matmul and rmsnorm
 //   backward (that gradient is skipped), dlogits of cross-entropy (losses only), the bias of moe_route (no bias),
-//   dscores_extra, the balance loss's dscores, and counts_host of moe_dispatch_plan (a NULL pointer).
+//   dscores_extra, the balance loss's loss and dscores, counts of moe_dispatch_plan, and offsets_host of the
+//   dispatch plan and the grouped matmuls (a NULL pointer).
 #ifndef OPS_H
 #define OPS_H
 
@@ -76,7 +77,8 @@ typedef struct Backend {
     // dw (N, K) += dout^T @ inp                (skipped when dw.data == NULL)
     void (*matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
     // Grouped (MoE) linear: rows [offsets[e], offsets[e+1]) of inp use expert e's weight w[e].
-    // out (R, N) = inp (R, K) @ w[e] (E, N, K)^T per segment; offsets (E + 1) I32, host-readable copy in offsets_host.
+    // out (R, N) = inp (R, K) @ w[e] (E, N, K)^T per segment; offsets (E + 1) I32. offsets_host: a host copy of the
+    // same values, or NULL (a backend whose kernel needs the table on the host then fetches it, and waits for it).
     void (*grouped_matmul_forward)(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
     // dinp (R, K) = dout @ w[e] (overwrite); dw (E, N, K) += dout_seg^T @ inp_seg
     void (*grouped_matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
@@ -140,16 +142,19 @@ typedef struct Backend {
     void (*moe_route_backward)(Tensor dlogits, Tensor dgates, Tensor dscores_extra, Tensor scores, Tensor topk_idx,
                                RouterParams p);
     // Sequence-wise balance loss (RECIPE.md section 2) over scores (B*T, E) and topk_idx (B*T, K) for B sequences
-    // of T tokens: returns the mean over sequences of alpha * sum_i f_i P_i (on the host), and when dscores.data is
-    // not NULL writes its gradient w.r.t. scores (B*T, E) times grad_scale (overwrite).
-    double (*moe_balance_loss)(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k, float alpha,
-                               float grad_scale);
+    // of T tokens: when loss.data is not NULL, loss (1) F32 = the mean over sequences of alpha * sum_i f_i P_i
+    // (overwrite, in backend memory: nothing waits for it), and when dscores.data is not NULL, dscores (B*T, E) = its
+    // gradient w.r.t. the scores times grad_scale (overwrite).
+    void (*moe_balance_loss)(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
+                             float alpha, float grad_scale);
     // Dispatch plan: sorts the N*K (token, slot) pairs by expert, stably (token order within an expert):
     //   order (N*K) I32: order[j] = the pair (t*K + k) at sorted position j;
-    //   offsets (E + 1) I32 (and offsets_host, host memory, same values): expert e's rows are [offsets[e], offsets[e+1])
-    //   counts_host (E) int64: += tokens routed to each expert (the expert load, for bias updates and MaxVio).
-    void (*moe_dispatch_plan)(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
-                              Tensor topk_idx, int n_experts);
+    //   offsets (E + 1) I32: expert e's rows are [offsets[e], offsets[e+1]);
+    //   offsets_host (host memory, may be NULL): the same values; asking for them makes the host wait for the plan;
+    //   counts (E) I32 (data may be NULL): += tokens routed to each expert (the expert load, for the bias update and
+    //   MaxVio), in backend memory, so that the load of a whole step is read once.
+    void (*moe_dispatch_plan)(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts, Tensor topk_idx,
+                              int n_experts);
     // x_sorted (N*K, d) = x[order[j] / K]
     void (*moe_gather)(Tensor x_sorted, Tensor x, Tensor order, int top_k);
     // dx (N, d) [+]= scatter-add of dx_sorted (N*K, d) back to tokens

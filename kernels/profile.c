@@ -122,11 +122,21 @@ static double gemm_flops(Tensor inp, Tensor w) {
     return 2.0 * M * N * K;
 }
 
-// One product over the segments of a grouped GEMM: 2 R N K with R the rows the segments cover, w (E, N, K).
-static double grouped_flops(Tensor w, const int32_t *offsets_host) {
-    int64_t E = w.shape[0];
-    double R = (double)(offsets_host[E] - offsets_host[0]);
-    return 2.0 * R * (double)w.shape[1] * (double)w.shape[2];
+// One product over the segments of a grouped GEMM: 2 R N K with R the rows the segments cover, w (E, N, K). The
+// table's first and last entries come from offsets_host, or else from the backend (a download: the profiler
+// synchronizes around every op anyway; it runs before the op's timing starts). A table too short to read gives 0
+// (the op itself then dies naming it).
+static double grouped_flops(Tensor w, Tensor offsets, const int32_t *offsets_host) {
+    if (!g_active || offsets.ndim != 1 || offsets.shape[0] < 1 || w.ndim != 3 || !offsets.data) return 0;
+    int64_t E = offsets.shape[0] - 1;
+    int32_t first, last;
+    if (offsets_host) {
+        first = offsets_host[0], last = offsets_host[E];
+    } else {
+        g_inner->download(&first, offsets.data, sizeof first);
+        g_inner->download(&last, (const int32_t *)offsets.data + E, sizeof last);
+    }
+    return 2.0 * (double)(last - first) * (double)w.shape[1] * (double)w.shape[2];
 }
 
 // Causal attention over q (B, T, H, D) and v (B, T, H, DV): the visible half T^2 / 2 of the score matrix.
@@ -168,13 +178,13 @@ static void profiled_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor
               g_inner->matmul_backward(dinp, dw, dout, inp, w, acc));
 }
 static void profiled_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor off, const int32_t *off_h) {
-    PROF_CALL(grouped_matmul_forward, grouped_flops(w, off_h), 0,
-              g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
+    const double flops = grouped_flops(w, off, off_h);
+    PROF_CALL(grouped_matmul_forward, flops, 0, g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
 }
 static void profiled_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor off,
                                              const int32_t *off_h) {
-    PROF_CALL(grouped_matmul_backward, ((dinp.data != NULL) + (dw.data != NULL)) * grouped_flops(w, off_h), 0,
-              g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h));
+    const double flops = ((dinp.data != NULL) + (dw.data != NULL)) * grouped_flops(w, off, off_h);
+    PROF_CALL(grouped_matmul_backward, flops, 0, g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h));
 }
 
 static void profiled_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps) {
@@ -238,17 +248,15 @@ static void profiled_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor ds
     PROF_CALL(moe_route_backward, 0, 0,
               g_inner->moe_route_backward(dlogits, dgates, dscores_extra, scores, topk_idx, p));
 }
-static double profiled_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
-                                        float alpha, float grad_scale) {
-    double r = 0;
+static void profiled_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T,
+                                      int top_k, float alpha, float grad_scale) {
     PROF_CALL(moe_balance_loss, 0, 0,
-              r = g_inner->moe_balance_loss(dscores, scores, topk_idx, B, T, top_k, alpha, grad_scale));
-    return r;
+              g_inner->moe_balance_loss(loss, dscores, scores, topk_idx, B, T, top_k, alpha, grad_scale));
 }
-static void profiled_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
+static void profiled_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts,
                                        Tensor topk_idx, int n_experts) {
     PROF_CALL(moe_dispatch_plan, 0, 0,
-              g_inner->moe_dispatch_plan(order, offsets, offsets_host, counts_host, topk_idx, n_experts));
+              g_inner->moe_dispatch_plan(order, offsets, offsets_host, counts, topk_idx, n_experts));
 }
 static void profiled_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top_k) {
     PROF_CALL(moe_gather, 0, 0, g_inner->moe_gather(x_sorted, x, order, top_k));

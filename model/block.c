@@ -3,16 +3,16 @@
 // through unchanged, and each branch adds its input gradient into dx (accumulate flags).
 #include "model/model_impl.h"
 
-double block_forward(Model *m, Layer *L, int train) {
+void block_forward(Model *m, Layer *L, int train) {
     const Backend *be = m->be;
     mla_forward(m, L);
     be->rmsnorm_forward(L->h2, L->rstd2, L->x_mid, L->post_norm.w, (float)m->mc.norm_eps);
     be->copy(L->x_out.data, L->x_mid.data, (size_t)m->N * m->mc.dim * sizeof(float));
     if (!L->is_moe) {
         ffn_forward(be, &L->ffn, L->h2, L->x_out);
-        return 0;
+        return;
     }
-    return moe_forward(m, L, L->x_out, train);
+    moe_forward(m, L, L->x_out, train);
 }
 
 void block_backward(Model *m, Layer *L, Tensor dx) {

@@ -4,8 +4,8 @@
 // immediately pushed through the head's backward, so the head's backward runs during the forward pass.
 #include "model/model_impl.h"
 
-double head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets, float ce_scale, int train,
-                    Tensor dx, int accumulate_dx) {
+void head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets, Tensor losses, float ce_scale,
+                  int train, Tensor dx, int accumulate_dx) {
     const Backend *be = m->be;
     int N = m->N, V = m->mc.vocab_size;
     be->rmsnorm_forward(m->hn_f, rstd, x, norm.w, (float)m->mc.norm_eps);
@@ -17,15 +17,11 @@ double head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets
         be->matmul_forward(logits, hn, m->head.w, 0);
         // dlogits = ce_scale * (softmax - onehot): over the logits (F32), or into the BF16 buffer the GEMMs read
         Tensor grad = train ? dlogits : tensor_2d(NULL, DT_F32, r1 - r0, V);   // eval: losses only
-        be->cross_entropy_forward_backward(tensor_rows(m->losses, r0, r1), grad, logits, tensor_rows(targets, r0, r1),
+        be->cross_entropy_forward_backward(tensor_rows(losses, r0, r1), grad, logits, tensor_rows(targets, r0, r1),
                                            ce_scale);
         if (train) be->matmul_backward(tensor_rows(m->dhn, r0, r1), m->head.g, dlogits, hn, m->head.w, 0);
     }
     if (train) be->rmsnorm_backward(dx, norm.g, m->dhn, x, norm.w, rstd, accumulate_dx);
-    be->download(m->host_losses, m->losses.data, (size_t)N * sizeof(float));
-    double sum = 0;
-    for (int i = 0; i < N; i++) sum += m->host_losses[i];
-    return sum;
 }
 
 void head_logits(Model *m, Tensor x, float *logits_host) {

@@ -112,13 +112,19 @@ static void layout_all(Model *m, Arena *a) {
     // The BF16 view of the FP32 residual gradient that the backward GEMMs read (F32: dx itself).
     m->dxb = a->adt == DT_F32 ? m->dx : act(a, N, d);
     m->router_logits = f32(a, N, E);
+    // losses and balance losses in one allocation, so that one download reads them
+    const int n_heads = m->stage.has_head ? 1 + m->n_mtp : 0, n_layers = m->n_main + m->n_mtp;
+    m->loss_buf = f32v(a, (int64_t)n_heads * N + n_layers);
+    m->losses = tensor_1d(m->loss_buf.data, DT_F32, (int64_t)n_heads * N);
+    m->balance = tensor_1d(m->loss_buf.data ? (float *)m->loss_buf.data + (int64_t)n_heads * N : NULL, DT_F32,
+                           n_layers);
+    m->counts_dev = i32(a, m->n_moe > 0 ? m->n_moe : 1, E);
     if (m->stage.has_head) {
         m->rstd_f = f32v(a, N);
         m->hn_f = act(a, N, d);
         m->head_logits = f32(a, m->head_chunk, V);   // FP32 logits into the softmax
         // BF16: the chunk's loss gradient for the BF16 head GEMMs (F32: written over the logits)
         m->head_dlogits = a->adt == DT_F32 ? m->head_logits : act(a, m->head_chunk, V);
-        m->losses = f32v(a, N);
         m->dhn = act(a, N, d);
     }
 

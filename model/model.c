@@ -176,8 +176,6 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
         m->final_norm = weight(m, "model.norm.weight");
         m->head = weight(m, "lm_head.weight");
     }
-    for (int l = 0; l < m->n_main + m->n_mtp; l++)
-        if (m->layers[l].is_moe) m->layers[l].offsets_host = xcalloc(E + 1, sizeof(int32_t));
 
     // V3's group score is the sum of the top-2 biased scores in a group; V2's (softmax) is the group maximum.
     int per_group = mc->n_expert_groups > 0 ? E / mc->n_expert_groups : E;
@@ -193,16 +191,17 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
     size_t nm = m->n_moe > 0 ? (size_t)m->n_moe : 1;
     m->bias_host = xcalloc(nm * E + 1, sizeof(float));
     m->counts = xcalloc(nm * E + 1, sizeof(int64_t));
-    m->counts_discard = xcalloc((size_t)E + 1, sizeof(int64_t));
+    m->host_counts = xcalloc(nm * E + 1, sizeof(int32_t));
     m->record = xcalloc(nm * N * K + 1, sizeof(int32_t));
     m->recorded = xcalloc(nm, sizeof(int));
     m->host_scores = xcalloc((size_t)N * E + 1, sizeof(float));
     m->host_gates = xcalloc((size_t)N * K + 1, sizeof(float));
     m->host_ids = xcalloc((size_t)(D + 2) * N, sizeof(int32_t));
-    m->host_losses = xcalloc((size_t)N, sizeof(float));
     m->res = xcalloc(m->n_main + 1, sizeof(Tensor));
 
     model_layout_activations(m);
+    m->host_losses = xcalloc((size_t)m->loss_buf.shape[0] + 1, sizeof(float));
+    model_reset_counts(m);
 
     int half = mc->qk_rope_head_dim / 2;
     float *cs = xmalloc((size_t)2 * T * half * sizeof(float));
@@ -220,12 +219,11 @@ void model_free(Model *m) {
     be->free(m->params);
     be->free(m->grads);
     if (m->wlp) be->free(m->wlp);
-    for (int l = 0; l < m->n_main + m->n_mtp; l++) free(m->layers[l].offsets_host);
     free(m->layers);
     free(m->moe_layer);
     free(m->bias_host);
     free(m->counts);
-    free(m->counts_discard);
+    free(m->host_counts);
     free(m->record);
     free(m->recorded);
     free(m->host_scores);
@@ -269,12 +267,22 @@ float *model_expert_bias(Model *m, int i) {
     check_moe_index(m, i);
     return m->bias_host + (int64_t)i * m->mc.n_routed_experts;
 }
+// The load accumulates in backend memory (moe_dispatch_plan adds each micro-batch's); the host copy is refreshed
+// here, once after a step's micro-batches, not once per layer and micro-batch.
 int64_t *model_expert_counts(Model *m, int i) {
     check_moe_index(m, i);
+    if (m->counts_stale) {
+        const int64_t n = (int64_t)m->n_moe * m->mc.n_routed_experts;
+        m->be->download(m->host_counts, m->counts_dev.data, (size_t)n * sizeof(int32_t));
+        for (int64_t j = 0; j < n; j++) m->counts[j] = m->host_counts[j];
+        m->counts_stale = 0;
+    }
     return m->counts + (int64_t)i * m->mc.n_routed_experts;
 }
 void model_reset_counts(Model *m) {
     memset(m->counts, 0, (size_t)(m->n_moe > 0 ? m->n_moe : 1) * m->mc.n_routed_experts * sizeof(int64_t));
+    m->be->zero(m->counts_dev.data, (size_t)tensor_numel(&m->counts_dev) * sizeof(int32_t));
+    m->counts_stale = 0;
 }
 void model_zero_grads(Model *m) { m->be->zero(m->grads, (size_t)m->table.total * sizeof(float)); }
 void model_set_route_mode(Model *m, RouteMode mode) { m->route_mode = mode; }
@@ -362,8 +370,8 @@ static void upload_tokens(Model *m, const int32_t *tokens) {
     m->be->upload(m->ids.data, m->host_ids, (size_t)(D + 2) * m->N * sizeof(int32_t));
 }
 
-// Embedding (when owned) and the main layers; returns their balance loss.
-static double forward_layers(Model *m, const int32_t *tokens, float grad_scale, float balance_alpha, int train) {
+// Embedding (when owned) and the main layers.
+static void forward_layers(Model *m, const int32_t *tokens, float grad_scale, float balance_alpha, int train) {
     const Backend *be = m->be;
     if (m->wlp && m->wlp_stale) {   // one conversion pass over every parameter, once per optimizer step
         be->convert(tensor_1d(m->wlp, DT_BF16, m->table.total), tensor_1d(m->params, DT_F32, m->table.total));
@@ -376,32 +384,48 @@ static double forward_layers(Model *m, const int32_t *tokens, float grad_scale, 
     if (m->n_moe > 0)
         be->upload(m->bias.data, m->bias_host, (size_t)m->n_moe * m->mc.n_routed_experts * sizeof(float));
     if (model_embeds_input(m)) be->embedding_forward(m->res[0], model_ids(m, 0), m->embed.w);
-    double balance = 0;
-    for (int l = 0; l < m->n_main; l++) balance += block_forward(m, &m->layers[l], train);
-    return balance;
+    for (int l = 0; l < m->n_main; l++) block_forward(m, &m->layers[l], train);
+}
+
+// The micro-batch's losses, read from backend memory in one download (the host waits here, once per micro-batch,
+// for the forward pass) and summed in double in a fixed order: each head's N token losses, then the balance losses
+// of the main layers and of the MTP blocks in order.
+static void read_losses(Model *m, MicroLosses *r) {
+    const int N = m->N, D = m->mc.mtp_depth;
+    m->be->download(m->host_losses, m->loss_buf.data, (size_t)m->loss_buf.shape[0] * sizeof(float));
+    if (m->balance_alpha > 0)
+        for (int l = 0; l < m->n_main + m->n_mtp; l++)
+            if (m->layers[l].is_moe) r->balance_loss += m->host_losses[m->losses.shape[0] + l];
+    if (!m->stage.has_head) return;
+    for (int h = 0; h <= m->n_mtp; h++) {
+        double sum = 0;
+        for (int i = 0; i < N; i++) sum += m->host_losses[(int64_t)h * N + i];
+        if (h == 0) r->lm_loss = sum / N;
+        else r->mtp_loss[h - 1] = sum / N;
+    }
+    r->total = r->lm_loss;
+    for (int i = 0; i < m->n_mtp; i++) r->total += m->mtp_lambda / D * r->mtp_loss[i];
 }
 
 void model_stage_forward(Model *m, const int32_t *tokens, float grad_scale, float mtp_lambda, float balance_alpha,
                          int train, MicroLosses *out) {
     MicroLosses r;
     memset(&r, 0, sizeof r);
-    r.balance_loss = forward_layers(m, tokens, grad_scale, balance_alpha, train);
+    forward_layers(m, tokens, grad_scale, balance_alpha, train);
     m->mtp_lambda = mtp_lambda;
     if (m->stage.has_head) {
         int N = m->N, D = m->mc.mtp_depth;
         Tensor h = m->res[m->n_main];
-        r.lm_loss = head_forward(m, h, m->final_norm, m->rstd_f, model_ids(m, 1), grad_scale / N, train, m->dx, 0) / N;
-        r.total = r.lm_loss;
+        head_forward(m, h, m->final_norm, m->rstd_f, model_ids(m, 1), tensor_rows(m->losses, 0, N), grad_scale / N,
+                     train, m->dx, 0);
         // MTP depth k's CE carries weight lambda / D in the total, so its gradient seed is scaled the same way.
         float mtp_scale = D > 0 ? grad_scale * mtp_lambda / ((float)D * N) : 0.0f;
         for (int i = 0; i < m->n_mtp; i++) {
-            double balance;
-            r.mtp_loss[i] = mtp_forward(m, i, h, mtp_scale, train, &balance) / N;
-            r.balance_loss += balance;
-            r.total += mtp_lambda / D * r.mtp_loss[i];
+            mtp_forward(m, i, h, mtp_scale, train);
             h = m->mtp[i].block->x_out;
         }
     }
+    read_losses(m, &r);
     r.total += r.balance_loss;
     if (out) *out = r;
 }

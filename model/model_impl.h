@@ -52,7 +52,6 @@ typedef struct {
     // MoE
     Tensor scores, topk, gates;              // (N, E) F32, (N, K) I32, (N, K) F32
     Tensor order, offsets;                   // (N*K) I32, (E+1) I32
-    int32_t *offsets_host;                   // (E+1) host copy
     Tensor xs, eg, eu, ea, ey;               // (N*K, d) dispatched rows; (N*K, mi) gate, up, swiglu [R]; (N*K, d)
 } Layer;
 
@@ -106,8 +105,9 @@ struct Model {
     int n_moe;
     int *moe_layer;                          // (n_moe) global layer index
     float *bias_host;                        // (n_moe, E) selection bias
-    int64_t *counts;                         // (n_moe, E) load since model_reset_counts
-    int64_t *counts_discard;                 // (E) load of forward passes that do not count (eval)
+    int64_t *counts;                         // (n_moe, E) load since model_reset_counts (host copy of counts_dev)
+    int32_t *host_counts;                    // (n_moe, E) staging
+    int counts_stale;                        // counts_dev moved since counts was read
     int32_t *record;                         // (n_moe, N, K) recorded choices
     int *recorded;                           // (n_moe) whether record holds a choice
     float *host_scores, *host_gates;         // (N, E), (N, K) staging for route replay
@@ -123,12 +123,17 @@ struct Model {
     Tensor dx;                               // (N, d) main residual gradient = model_stage_grad
     Tensor dxb;                              // (N, d) adt copy of a residual gradient for backward GEMMs (F32: dx)
     Tensor kva, kv, router_logits;           // scratch (N, kvlr+rope), (N, H*(nope+dv)), (N, E)
-    Tensor rstd_f, hn_f, head_logits, losses, dhn;  // (N), (N, d), (chunk, V) F32, (N), (N, d)
+    Tensor rstd_f, hn_f, head_logits, dhn;   // (N), (N, d), (chunk, V) F32, (N, d)
+    // The micro-batch's losses, left in backend memory until model_stage_forward reads them all at once (the one
+    // host sync of a micro-batch): loss_buf = [per-token CE losses of the main head (N) and each MTP depth (N)]
+    // [the balance loss of every layer of m->layers (n_main + n_mtp; dense layers' entries unused)].
+    Tensor loss_buf, losses, balance;        // (n_heads * N + n_layers), (n_heads * N) view, (n_layers) view
+    Tensor counts_dev;                       // (n_moe, E) I32 expert load since model_reset_counts
     Tensor head_dlogits;                     // (chunk, V) adt (F32: the same buffer as head_logits)
     int head_chunk;                          // rows per head chunk
     BackScratch bs;
     int32_t *host_ids;                       // (D + 2, N) staging
-    float *host_losses;                      // (N) staging
+    float *host_losses;                      // (loss_buf) staging
 
     // ---- the micro-batch in flight (set by model_stage_forward, read by backward) ----
     int train;
@@ -154,24 +159,25 @@ void ffn_recompute(const Backend *be, Ffn *f);
 // dx [+]= the gradient w.r.t. x from dout (the gradient w.r.t. out).
 void ffn_backward(const Backend *be, Ffn *f, Tensor x, Tensor dout, Tensor dx, int accumulate_dx, BackScratch *bs);
 
-// moe.c: out += shared(h2) + sum_k g_k expert_k(h2); returns the balance loss (0 when alpha is 0).
-double moe_forward(Model *m, Layer *L, Tensor out, int train);
+// moe.c: out += shared(h2) + sum_k g_k expert_k(h2); its balance loss (when alpha > 0) goes to m->balance.
+void moe_forward(Model *m, Layer *L, Tensor out, int train);
 void moe_recompute(Model *m, Layer *L);
 // dh2 (overwrite) from dout, the gradient w.r.t. out.
 void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2);
 
-// block.c: x_out = block(x_in); returns its balance loss. Backward: dx from w.r.t. x_out to w.r.t. x_in, in place.
-double block_forward(Model *m, Layer *L, int train);
+// block.c: x_out = block(x_in). Backward: dx from w.r.t. x_out to w.r.t. x_in, in place.
+void block_forward(Model *m, Layer *L, int train);
 void block_backward(Model *m, Layer *L, Tensor dx);
 
-// head.c: RMSNorm(x) -> lm_head -> cross-entropy against targets (N) I32. Returns the sum of the N losses. With
-// train: gradients of ce_scale * sum into the norm and head weights, dx [+]= the gradient w.r.t. x.
-double head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets, float ce_scale, int train,
-                    Tensor dx, int accumulate_dx);
+// head.c: RMSNorm(x) -> lm_head -> cross-entropy against targets (N) I32, the N losses into losses (N) F32
+// (backend memory). With train: gradients of ce_scale * sum into the norm and head weights, dx [+]= the gradient
+// w.r.t. x.
+void head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets, Tensor losses, float ce_scale,
+                  int train, Tensor dx, int accumulate_dx);
 void head_logits(Model *m, Tensor x, float *logits_host);
 
-// mtp.c: depth index i (0-based) from h_prev (N, d); returns the sum of its CE losses and its balance loss.
-double mtp_forward(Model *m, int i, Tensor h_prev, float ce_scale, int train, double *balance);
+// mtp.c: depth index i (0-based) from h_prev (N, d); its CE losses go to rows [(i + 1) N, (i + 2) N) of m->losses.
+void mtp_forward(Model *m, int i, Tensor h_prev, float ce_scale, int train);
 // dprev += the gradient w.r.t. h_prev.
 void mtp_backward(Model *m, int i, Tensor h_prev, Tensor dprev);
 

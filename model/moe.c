@@ -56,39 +56,47 @@ static void moe_route(Model *m, Layer *L, int train) {
     }
 }
 
-// Sorts the (token, slot) pairs by expert and gathers their rows: xs (N*K, d). counts (E) += the expert load.
-static void moe_dispatch(Model *m, Layer *L, int64_t *counts) {
+// Sorts the (token, slot) pairs by expert and gathers their rows: xs (N*K, d). counts (E) += the expert load
+// (skipped when counts.data is NULL). Nothing here waits for the device: the grouped GEMMs read the segment table
+// in backend memory.
+static void moe_dispatch(Model *m, Layer *L, Tensor counts) {
     const Backend *be = m->be;
-    be->moe_dispatch_plan(L->order, L->offsets, L->offsets_host, counts, L->topk, m->mc.n_routed_experts);
+    be->moe_dispatch_plan(L->order, L->offsets, NULL, counts, L->topk, m->mc.n_routed_experts);
     be->moe_gather(L->xs, L->h2, L->order, m->mc.n_activated_experts);
 }
 
 // ey (N*K, d) = down_e(silu(gate_e(xs)) * up_e(xs)) for each row's expert e.
 static void moe_experts_forward(Model *m, Layer *L) {
     const Backend *be = m->be;
-    be->grouped_matmul_forward(L->eg, L->xs, L->exp_gate.w, L->offsets, L->offsets_host);
-    be->grouped_matmul_forward(L->eu, L->xs, L->exp_up.w, L->offsets, L->offsets_host);
+    be->grouped_matmul_forward(L->eg, L->xs, L->exp_gate.w, L->offsets, NULL);
+    be->grouped_matmul_forward(L->eu, L->xs, L->exp_up.w, L->offsets, NULL);
     be->swiglu_forward(L->ea, L->eg, L->eu);
-    be->grouped_matmul_forward(L->ey, L->ea, L->exp_down.w, L->offsets, L->offsets_host);
+    be->grouped_matmul_forward(L->ey, L->ea, L->exp_down.w, L->offsets, NULL);
 }
 
 static void moe_combine(Model *m, Layer *L, Tensor out) {
     m->be->moe_combine(out, L->ey, L->gates, L->order, 1);
 }
 
-double moe_forward(Model *m, Layer *L, Tensor out, int train) {
+void moe_forward(Model *m, Layer *L, Tensor out, int train) {
     const Backend *be = m->be;
     int E = m->mc.n_routed_experts, K = m->mc.n_activated_experts;
     moe_route(m, L, train);
-    double balance = 0;
-    if (m->balance_alpha > 0)
-        balance = be->moe_balance_loss(tensor_2d(NULL, DT_F32, m->N, E), L->scores, L->topk, m->B, m->T, K,
-                                       m->balance_alpha, 0.0f);
+    if (m->balance_alpha > 0) {
+        int64_t slot = L - m->layers;   // this layer's entry of m->balance
+        be->moe_balance_loss(tensor_rows(m->balance, slot, slot + 1), tensor_2d(NULL, DT_F32, m->N, E), L->scores,
+                             L->topk, m->B, m->T, K, m->balance_alpha, 0.0f);
+    }
     if (L->ffn.width > 0) ffn_forward(be, &L->ffn, L->h2, out);
-    moe_dispatch(m, L, train ? m->counts + (int64_t)L->moe_index * E : m->counts_discard);
+    Tensor counts = tensor_1d(NULL, DT_I32, E);   // eval passes do not count toward the load
+    if (train) {
+        counts = tensor_rows(m->counts_dev, L->moe_index, L->moe_index + 1);
+        counts = tensor_1d(counts.data, DT_I32, E);
+        m->counts_stale = 1;
+    }
+    moe_dispatch(m, L, counts);
     moe_experts_forward(m, L);
     moe_combine(m, L, out);
-    return balance;
 }
 
 void moe_recompute(Model *m, Layer *L) {
@@ -100,10 +108,10 @@ void moe_recompute(Model *m, Layer *L) {
 static void moe_experts_backward(Model *m, Layer *L) {
     const Backend *be = m->be;
     BackScratch *bs = &m->bs;
-    be->grouped_matmul_backward(bs->dea, L->exp_down.g, bs->dys, L->ea, L->exp_down.w, L->offsets, L->offsets_host);
+    be->grouped_matmul_backward(bs->dea, L->exp_down.g, bs->dys, L->ea, L->exp_down.w, L->offsets, NULL);
     be->swiglu_backward(bs->deg, bs->deu, bs->dea, L->eg, L->eu);
-    be->grouped_matmul_backward(bs->dxs, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, L->offsets_host);
-    be->grouped_matmul_backward(bs->dxs2, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, L->offsets_host);
+    be->grouped_matmul_backward(bs->dxs, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, NULL);
+    be->grouped_matmul_backward(bs->dxs2, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, NULL);
     be->axpy(bs->dxs, bs->dxs2, 1.0f);
 }
 
@@ -124,7 +132,8 @@ void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2) {
     Tensor dscores = tensor_2d(NULL, DT_F32, m->N, E);
     if (m->balance_alpha > 0) {
         dscores = bs->dscores;
-        be->moe_balance_loss(dscores, L->scores, L->topk, m->B, m->T, K, m->balance_alpha, m->grad_scale);
+        be->moe_balance_loss(tensor_1d(NULL, DT_F32, 1), dscores, L->scores, L->topk, m->B, m->T, K,
+                             m->balance_alpha, m->grad_scale);
     }
     be->moe_route_backward(bs->dlogits, bs->dgates, dscores, L->scores, L->topk, m->rp);
     if (bs->dlogits_lp.data != bs->dlogits.data) be->convert(bs->dlogits_lp, bs->dlogits);

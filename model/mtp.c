@@ -17,16 +17,16 @@ static void mtp_build_cat(Model *m, MtpDepth *p, Tensor h_prev) {
     be->copy_cols(p->cat, d, p->hn, 0, d, 0);
 }
 
-double mtp_forward(Model *m, int i, Tensor h_prev, float ce_scale, int train, double *balance) {
+void mtp_forward(Model *m, int i, Tensor h_prev, float ce_scale, int train) {
     const Backend *be = m->be;
     MtpDepth *p = &m->mtp[i];
     be->embedding_forward(p->emb, model_ids(m, i + 1), m->embed.w);
     mtp_build_cat(m, p, h_prev);
     be->matmul_forward(p->block->x_in, p->cat, p->eh_proj.w, 0);
-    *balance = block_forward(m, p->block, train);
+    block_forward(m, p->block, train);
     // Its head's gradient goes into dres (overwrite); depth i + 1's backward adds its hnorm path later.
-    return head_forward(m, p->block->x_out, p->head_norm, p->rstd_f, model_ids(m, i + 2), ce_scale, train, p->dres,
-                        0);
+    head_forward(m, p->block->x_out, p->head_norm, p->rstd_f, model_ids(m, i + 2),
+                 tensor_rows(m->losses, (int64_t)(i + 1) * m->N, (int64_t)(i + 2) * m->N), ce_scale, train, p->dres, 0);
 }
 
 void mtp_backward(Model *m, int i, Tensor h_prev, Tensor dprev) {

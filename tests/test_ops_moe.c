@@ -228,16 +228,21 @@ static double bal_loss_ref(void *p) {
 }
 
 TEST(ops_moe_balance_loss_hand_example_and_gradient) {
-    float s[16], ds[16];
+    float s[16], ds[16], L = -1, L2 = -2;
     memcpy(s, bal_scores, sizeof s);
     const float gs = 3.0f;
-    double L = cpu()->moe_balance_loss(tensor_2d(ds, DT_F32, 4, 4), tensor_2d(s, DT_F32, 4, 4),
-                                       tensor_2d((void *)bal_idx, DT_I32, 4, 2), 2, 2, 2, 0.1f, gs);
+    cpu()->moe_balance_loss(tensor_1d(&L, DT_F32, 1), tensor_2d(ds, DT_F32, 4, 4), tensor_2d(s, DT_F32, 4, 4),
+                            tensor_2d((void *)bal_idx, DT_I32, 4, 2), 2, 2, 2, 0.1f, gs);
     ASSERT_NEAR(L, 0.1125, 1e-6, 0);
     // Without a gradient buffer: same loss, nothing written.
-    double L2 = cpu()->moe_balance_loss(tensor_2d(NULL, DT_F32, 4, 4), tensor_2d(s, DT_F32, 4, 4),
-                                        tensor_2d((void *)bal_idx, DT_I32, 4, 2), 2, 2, 2, 0.1f, gs);
+    cpu()->moe_balance_loss(tensor_1d(&L2, DT_F32, 1), tensor_2d(NULL, DT_F32, 4, 4), tensor_2d(s, DT_F32, 4, 4),
+                            tensor_2d((void *)bal_idx, DT_I32, 4, 2), 2, 2, 2, 0.1f, gs);
     ASSERT(L2 == L);
+    // Without a loss buffer: the same gradient.
+    float ds2[16];
+    cpu()->moe_balance_loss(tensor_1d(NULL, DT_F32, 1), tensor_2d(ds2, DT_F32, 4, 4), tensor_2d(s, DT_F32, 4, 4),
+                            tensor_2d((void *)bal_idx, DT_I32, 4, 2), 2, 2, 2, 0.1f, gs);
+    ASSERT(memcmp(ds, ds2, sizeof ds) == 0);
     BalCtx c = {2, 2, 4, 2, 0.1, ops_to_double(s, 16), bal_idx, NULL};
     double *g = ops_fd_grad(bal_loss_ref, &c, c.s, 16);
     for (int i = 0; i < 16; i++) g[i] *= gs;
@@ -257,8 +262,9 @@ TEST(ops_moe_balance_loss_random_matches_reference) {
     for (int i = 0; i < B * T * E; i++) s[i] = 0.05f + 0.5f * (ops_rng_unit() + 1.0f);
     for (int t = 0; t < B * T; t++)
         for (int k = 0; k < K; k++) idx[t * K + k] = (t + 2 * k) % E; // distinct within a token
-    double L = cpu()->moe_balance_loss(tensor_2d(ds, DT_F32, B * T, E), tensor_2d(s, DT_F32, B * T, E),
-                                       tensor_2d(idx, DT_I32, B * T, K), B, T, K, 1e-4f, 1.0f);
+    float L = 0;
+    cpu()->moe_balance_loss(tensor_1d(&L, DT_F32, 1), tensor_2d(ds, DT_F32, B * T, E), tensor_2d(s, DT_F32, B * T, E),
+                            tensor_2d(idx, DT_I32, B * T, K), B, T, K, 1e-4f, 1.0f);
     BalCtx c = {B, T, E, K, 1e-4, ops_to_double(s, B * T * E), idx, NULL};
     ASSERT_NEAR(L, bal_loss_ref(&c), 1e-6, 0);
     double *g = ops_fd_grad(bal_loss_ref, &c, c.s, B * T * E);
@@ -269,28 +275,34 @@ TEST(ops_moe_balance_loss_random_matches_reference) {
 // ---- dispatch plan, gather, combine ----
 // topk_idx (N = 4, K = 2) = [[2 0] [0 2] [3 0] [2 3]]: pairs p = t*K + k -> experts 0:2 1:0 2:0 3:2 4:3 5:0 6:2 7:3.
 // Stable sort by expert: e0 = {1, 2, 5}, e1 = {}, e2 = {0, 3, 6}, e3 = {4, 7}: order = [1 2 5 0 3 6 4 7],
-// offsets = [0 3 3 6 8]; counts_host starting at [10 0 0 1] becomes [13 0 3 3].
+// offsets = [0 3 3 6 8]; counts starting at [10 0 0 1] becomes [13 0 3 3].
 static const int32_t plan_idx[8] = {2, 0, 0, 2, 3, 0, 2, 3};
 
 TEST(ops_moe_dispatch_plan_hand_example) {
     int32_t order[8], offsets[5], offsets_host[5];
-    int64_t counts[4] = {10, 0, 0, 1};
-    cpu()->moe_dispatch_plan(tensor_1d(order, DT_I32, 8), tensor_1d(offsets, DT_I32, 5), offsets_host, counts,
-                             tensor_2d((void *)plan_idx, DT_I32, 4, 2), 4);
+    int32_t counts[4] = {10, 0, 0, 1};
+    cpu()->moe_dispatch_plan(tensor_1d(order, DT_I32, 8), tensor_1d(offsets, DT_I32, 5), offsets_host,
+                             tensor_1d(counts, DT_I32, 4), tensor_2d((void *)plan_idx, DT_I32, 4, 2), 4);
     const int32_t want_order[8] = {1, 2, 5, 0, 3, 6, 4, 7}, want_off[5] = {0, 3, 3, 6, 8};
-    const int64_t want_counts[4] = {13, 0, 3, 3};
+    const int32_t want_counts[4] = {13, 0, 3, 3};
     for (int j = 0; j < 8; j++) ASSERT_EQ_INT(order[j], want_order[j]);
     for (int e = 0; e < 5; e++) ASSERT_EQ_INT(offsets[e], want_off[e]);
     for (int e = 0; e < 5; e++) ASSERT_EQ_INT(offsets_host[e], want_off[e]);
     for (int e = 0; e < 4; e++) ASSERT_EQ_INT(counts[e], want_counts[e]);
+    // No host copy and no counts asked for: the same plan.
+    int32_t order2[8], offsets2[5];
+    cpu()->moe_dispatch_plan(tensor_1d(order2, DT_I32, 8), tensor_1d(offsets2, DT_I32, 5), NULL,
+                             tensor_1d(NULL, DT_I32, 4), tensor_2d((void *)plan_idx, DT_I32, 4, 2), 4);
+    for (int j = 0; j < 8; j++) ASSERT_EQ_INT(order2[j], want_order[j]);
+    for (int e = 0; e < 5; e++) ASSERT_EQ_INT(offsets2[e], want_off[e]);
 }
 
 TEST(ops_moe_gather_combine_round_trip_and_adjoints) {
     ops_rng_seed(404);
     enum { N = 4, K = 2, D = 5, NK = N * K };
     int32_t order[NK], offsets[5], offsets_host[5];
-    cpu()->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(offsets, DT_I32, 5), offsets_host, NULL,
-                             tensor_2d((void *)plan_idx, DT_I32, N, K), 4);
+    cpu()->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(offsets, DT_I32, 5), offsets_host,
+                             tensor_1d(NULL, DT_I32, 4), tensor_2d((void *)plan_idx, DT_I32, N, K), 4);
     float *x = ops_rand(N * D, 1.0f), xs[NK * D];
     cpu()->moe_gather(tensor_2d(xs, DT_F32, NK, D), tensor_2d(x, DT_F32, N, D), tensor_1d(order, DT_I32, NK), K);
     for (int j = 0; j < NK; j++)
@@ -361,15 +373,15 @@ static void die_route_too_few_kept(void *unused) {
 static void die_dispatch_bad_expert(void *unused) {
     (void)unused;
     static int32_t idx[4] = {0, 1, 4, 2}, order[4], off[5], offh[5];
-    backend_get("cpu")->moe_dispatch_plan(tensor_1d(order, DT_I32, 4), tensor_1d(off, DT_I32, 5), offh, NULL,
-                                          tensor_2d(idx, DT_I32, 2, 2), 4);
+    backend_get("cpu")->moe_dispatch_plan(tensor_1d(order, DT_I32, 4), tensor_1d(off, DT_I32, 5), offh,
+                                          tensor_1d(NULL, DT_I32, 4), tensor_2d(idx, DT_I32, 2, 2), 4);
 }
 static void die_balance_bad_rows(void *unused) {
     (void)unused;
     static float s[6 * 4];
     static int32_t idx[6 * 2];
-    backend_get("cpu")->moe_balance_loss(tensor_2d(NULL, DT_F32, 6, 4), tensor_2d(s, DT_F32, 6, 4),
-                                         tensor_2d(idx, DT_I32, 6, 2), 2, 4, 2, 0.1f, 1.0f);
+    backend_get("cpu")->moe_balance_loss(tensor_1d(NULL, DT_F32, 1), tensor_2d(NULL, DT_F32, 6, 4),
+                                         tensor_2d(s, DT_F32, 6, 4), tensor_2d(idx, DT_I32, 6, 2), 2, 4, 2, 0.1f, 1.0f);
 }
 
 TEST(ops_moe_bad_inputs_die) {

@@ -318,8 +318,9 @@ static int expect_step(const Config *c, Expect *e) {
     PER_MICRO("moe_combine", n_moe, -1);
     PER_MICRO("moe_combine_backward", n_moe, -1);
     PER_MICRO("upload", 2, -1);            // the token ids and the selection biases
-    PER_MICRO("download", 1 + D, -1);      // each head's per-token losses
-    PER_STEP("zero", 1);                   // the gradient buffer
+    // one read of the micro-batch's losses (every head's and every balance loss), and one of the step's expert load
+    e[n++] = (Expect){"download", micro + (n_moe > 0), -1};
+    PER_STEP("zero", 1 + (n_moe > 0));     // the gradient buffer and the expert load
     PER_STEP("sum_squares", 1);            // the global gradient norm
     // The optimizer launches once per run of consecutive tensors with the same weight decay (train/optim.c): the
     // table must hold the hand-counted tensors, and the runs are counted on it.

@@ -161,12 +161,14 @@ void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor
 }
 
 // Checks a grouped matmul's segment table: E + 1 non-decreasing offsets from 0 to at most R rows; on the cpu the
-// device copy is host memory too, so it must hold the same values as offsets_host.
-static void check_offsets(const char *op, Tensor offsets, const int32_t *offsets_host, int64_t E, int64_t R) {
+// "device" copy is host memory too, so it must hold the same values as offsets_host when that is given (NULL: the
+// device copy is the table). Returns the table.
+static const int32_t *check_offsets(const char *op, Tensor offsets, const int32_t *offsets_host, int64_t E,
+                                    int64_t R) {
     cpu_need(op, "offsets", &offsets, DT_I32, 1);
     cpu_expect(op, "offsets", &offsets, offsets.shape[0], E + 1, "length (n_experts + 1)");
-    if (!offsets_host) die("%s: offsets_host is NULL", op);
     const int32_t *dev = offsets.data;
+    if (!offsets_host) offsets_host = dev;
     if (offsets_host[0] != 0) die("%s: offsets_host[0] = %d, expected 0", op, offsets_host[0]);
     for (int64_t e = 0; e <= E; e++) {
         if (dev[e] != offsets_host[e])
@@ -177,6 +179,7 @@ static void check_offsets(const char *op, Tensor offsets, const int32_t *offsets
                 offsets_host[e - 1]);
     }
     if (offsets_host[E] > R) die("%s: offsets end at row %d but the input has %lld rows", op, offsets_host[E], (long long)R);
+    return offsets_host;
 }
 
 void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host) {
@@ -188,7 +191,7 @@ void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[2], "K");
     cpu_agree(op, "out", &out, out.shape[0], "inp", &inp, R, "rows");
     cpu_agree(op, "out", &out, out.shape[1], "w", &w, N, "N");
-    check_offsets(op, offsets, offsets_host, E, R);
+    offsets_host = check_offsets(op, offsets, offsets_host, E, R);
     const float *x = inp.data, *wd = w.data;
     float *y = out.data;
     for (int64_t e = 0; e < E; e++) {
@@ -207,7 +210,7 @@ void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[2], "K");
     cpu_agree(op, "dout", &dout, dout.shape[0], "inp", &inp, R, "rows");
     cpu_agree(op, "dout", &dout, dout.shape[1], "w", &w, N, "N");
-    check_offsets(op, offsets, offsets_host, E, R);
+    offsets_host = check_offsets(op, offsets, offsets_host, E, R);
     if (dinp.data) {
         cpu_need(op, "dinp", &dinp, DT_F32, 2);
         cpu_agree(op, "dinp", &dinp, dinp.shape[0], "inp", &inp, R, "rows");

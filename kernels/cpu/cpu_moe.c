@@ -6,33 +6,38 @@
 
 #include <string.h>
 
-void cpu_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
-                           Tensor topk_idx, int n_experts) {
+void cpu_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts, Tensor topk_idx,
+                           int n_experts) {
     const char *op = "moe_dispatch_plan";
     cpu_need(op, "topk_idx", &topk_idx, DT_I32, 2);
     cpu_need(op, "order", &order, DT_I32, 1);
     cpu_need(op, "offsets", &offsets, DT_I32, 1);
     if (n_experts <= 0) die("%s: n_experts %d must be positive", op, n_experts);
-    if (!offsets_host) die("%s: offsets_host is NULL", op);
     const int64_t NK = tensor_numel(&topk_idx);
     if (NK > INT32_MAX) die("%s: %lld routed pairs do not fit 32-bit offsets", op, (long long)NK);
     cpu_agree(op, "order", &order, order.shape[0], "topk_idx", &topk_idx, NK, "N * K");
     cpu_expect(op, "offsets", &offsets, offsets.shape[0], (int64_t)n_experts + 1, "length (n_experts + 1)");
+    if (counts.data) {
+        cpu_need(op, "counts", &counts, DT_I32, 1);
+        cpu_expect(op, "counts", &counts, counts.shape[0], n_experts, "length (n_experts)");
+    }
     const int32_t *idx = topk_idx.data;
     int32_t *ord = order.data, *off = offsets.data;
     for (int64_t p = 0; p < NK; p++)
         if (idx[p] < 0 || idx[p] >= n_experts)
             die("%s: topk_idx[%lld] = %d is not an expert in [0, %d)", op, (long long)p, idx[p], n_experts);
-    // Counting sort: histogram, exclusive prefix sum, then place pairs in increasing p (stable).
-    memset(offsets_host, 0, ((size_t)n_experts + 1) * sizeof(int32_t));
-    for (int64_t p = 0; p < NK; p++) offsets_host[idx[p] + 1]++;
-    if (counts_host)
-        for (int e = 0; e < n_experts; e++) counts_host[e] += offsets_host[e + 1];
-    for (int e = 0; e < n_experts; e++) offsets_host[e + 1] += offsets_host[e];
-    // off (the device copy, host memory here) serves as the running insertion cursor, then is reset.
-    memcpy(off, offsets_host, (size_t)n_experts * sizeof(int32_t));
+    // Counting sort: histogram, exclusive prefix sum, then place pairs in increasing p (stable). off (the "device"
+    // table, host memory here) is the running insertion cursor; start holds the segment starts meanwhile.
+    int32_t *start = xcalloc((size_t)n_experts + 1, sizeof(int32_t));
+    for (int64_t p = 0; p < NK; p++) start[idx[p] + 1]++;
+    if (counts.data)
+        for (int e = 0; e < n_experts; e++) ((int32_t *)counts.data)[e] += start[e + 1];
+    for (int e = 0; e < n_experts; e++) start[e + 1] += start[e];
+    memcpy(off, start, (size_t)n_experts * sizeof(int32_t));
     for (int64_t p = 0; p < NK; p++) ord[off[idx[p]]++] = (int32_t)p;
-    memcpy(off, offsets_host, ((size_t)n_experts + 1) * sizeof(int32_t));
+    memcpy(off, start, ((size_t)n_experts + 1) * sizeof(int32_t));
+    if (offsets_host) memcpy(offsets_host, start, ((size_t)n_experts + 1) * sizeof(int32_t));
+    free(start);
 }
 
 // Validates order as a permutation-sized index list into N * K pairs (every entry in range).

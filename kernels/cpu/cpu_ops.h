@@ -71,10 +71,10 @@ void cpu_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
 void cpu_moe_route(Tensor topk_idx, Tensor gates, Tensor scores, Tensor logits, Tensor bias, RouterParams p);
 void cpu_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor dscores_extra, Tensor scores, Tensor topk_idx,
                             RouterParams p);
-double cpu_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k, float alpha,
-                            float grad_scale);
-void cpu_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
-                           Tensor topk_idx, int n_experts);
+void cpu_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
+                          float alpha, float grad_scale);
+void cpu_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts, Tensor topk_idx,
+                           int n_experts);
 void cpu_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top_k);
 void cpu_moe_gather_backward(Tensor dx, Tensor dx_sorted, Tensor order, int top_k, int accumulate);
 void cpu_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, int accumulate);

@@ -190,10 +190,10 @@ void cpu_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor dscores_extra,
 
 // Per sequence b of T tokens (RECIPE.md section 2):
 //   f_i = E / (K T) * #{t : i in topk(t)},  Z_t = sum_j s_{j,t},  P_i = (1/T) sum_t s_{i,t} / Z_t,
-//   L_b = alpha * sum_i f_i P_i;  returns mean_b L_b.
+//   L_b = alpha * sum_i f_i P_i;  loss = mean_b L_b.
 // Gradient (f is a count, constant):  dL/ds_{j,t} = alpha / (B T) * (f_j / Z_t - sum_i f_i s_{i,t} / Z_t^2).
-double cpu_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k, float alpha,
-                            float grad_scale) {
+void cpu_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
+                          float alpha, float grad_scale) {
     const char *op = "moe_balance_loss";
     cpu_need(op, "scores", &scores, DT_F32, 2);
     cpu_need(op, "topk_idx", &topk_idx, DT_I32, 2);
@@ -208,6 +208,10 @@ double cpu_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int 
         cpu_agree(op, "dscores", &dscores, dscores.shape[0], "scores", &scores, (int64_t)B * T, "rows");
         cpu_agree(op, "dscores", &dscores, dscores.shape[1], "scores", &scores, E, "E");
         ds = dscores.data;
+    }
+    if (loss.data) {
+        cpu_need(op, "loss", &loss, DT_F32, 1);
+        cpu_expect(op, "loss", &loss, loss.shape[0], 1, "length 1");
     }
     const float *s = scores.data;
     const int32_t *idx = topk_idx.data;
@@ -241,5 +245,5 @@ double cpu_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int 
     }
     free(f);
     free(P);
-    return total / B;
+    if (loss.data) *(float *)loss.data = (float)(total / B);
 }

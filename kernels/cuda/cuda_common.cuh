@@ -4,8 +4,9 @@
 // F32/BF16 kernels, and the op entry points that cuda_backend.cu collects into backend_cuda.
 //
 // Threading model (first version, issue 5): every op enqueues on ONE stream created at first use; nothing syncs the
-// host except the ops that return a host value (sum_squares, moe_balance_loss), fill host arrays
-// (moe_dispatch_plan), or move memory to the host (download, synchronize). Kernels that find a bad index (a token id
+// host except the ops that return a host value (sum_squares), fill host arrays (moe_dispatch_plan when offsets_host
+// is asked for; the per-expert cuBLASLt loop of the grouped matmuls, which reads the segment table on the host),
+// or move memory to the host (download, synchronize). Kernels that find a bad index (a token id
 // outside the table, an expert id outside [0, E), ...) record it in a device-memory record and skip the access; the
 // next host sync dies with the op, the tensor, the index and the bad value (cuda_check_device_errors).
 #ifndef CUDA_COMMON_CUH
@@ -188,10 +189,10 @@ void cuda_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tenso
 void cuda_moe_route(Tensor topk_idx, Tensor gates, Tensor scores, Tensor logits, Tensor bias, RouterParams p);
 void cuda_moe_route_backward(Tensor dlogits, Tensor dgates, Tensor dscores_extra, Tensor scores, Tensor topk_idx,
                              RouterParams p);
-double cuda_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k, float alpha,
-                             float grad_scale);
-void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
-                            Tensor topk_idx, int n_experts);
+void cuda_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
+                           float alpha, float grad_scale);
+void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts, Tensor topk_idx,
+                            int n_experts);
 void cuda_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top_k);
 void cuda_moe_gather_backward(Tensor dx, Tensor dx_sorted, Tensor order, int top_k, int accumulate);
 void cuda_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, int accumulate);

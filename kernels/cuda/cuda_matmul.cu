@@ -257,12 +257,28 @@ extern "C" void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor
     }
 }
 
-// The segment table is read on the host (offsets_host); the device copy's shape is checked but its values are not
-// compared (that would need a download, i.e. a sync, per call).
-static void check_offsets(const char *op, Tensor offsets, const int32_t *offsets_host, int64_t E, int64_t R) {
+// The device table's shape. Its values are read by the kernels where they are (the one-launch grouped kernels) or
+// on the host by the loop (host_offsets); comparing the two copies would cost a download per call.
+static void check_offsets(const char *op, Tensor offsets, int64_t E) {
     cpu_need(op, "offsets", &offsets, DT_I32, 1);
     cpu_expect(op, "offsets", &offsets, offsets.shape[0], E + 1, "length (n_experts + 1)");
-    if (!offsets_host) die("%s: offsets_host is NULL", op);
+}
+
+// The per-expert loop walks the segment table on the host: the caller's copy, or else one fetched here (a
+// download, so the host waits for the plan: only the loop, i.e. F32 tensors and shapes the grouped kernels do not
+// take, pays that). Its values are checked either way.
+static const int32_t *host_offsets(const char *op, Tensor offsets, const int32_t *offsets_host, int64_t E, int64_t R) {
+    static int32_t *fetched; // grows to the largest table seen; the backend is single-threaded
+    static int64_t fetched_cap;
+    if (!offsets_host) {
+        if (fetched_cap < E + 1) {
+            free(fetched);
+            fetched = (int32_t *)xmalloc((size_t)(E + 1) * sizeof(int32_t));
+            fetched_cap = E + 1;
+        }
+        cuda_download(fetched, offsets.data, (size_t)(E + 1) * sizeof(int32_t));
+        offsets_host = fetched;
+    }
     if (offsets_host[0] != 0) die("%s: offsets_host[0] = %d, expected 0", op, offsets_host[0]);
     for (int64_t e = 1; e <= E; e++)
         if (offsets_host[e] < offsets_host[e - 1])
@@ -270,6 +286,7 @@ static void check_offsets(const char *op, Tensor offsets, const int32_t *offsets
                 offsets_host[e - 1]);
     if (offsets_host[E] > R)
         die("%s: offsets end at row %d but the input has %lld rows", op, offsets_host[E], (long long)R);
+    return offsets_host;
 }
 
 // The argument checks of grouped_matmul_forward (as the cpu backend's); R, K, E, N from the tensors.
@@ -283,12 +300,14 @@ static void grouped_forward_check(const char *op, Tensor out, Tensor inp, Tensor
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[2], "K");
     cpu_agree(op, "out", &out, out.shape[0], "inp", &inp, R, "rows");
     cpu_agree(op, "out", &out, out.shape[1], "w", &w, N, "N");
-    check_offsets(op, offsets, offsets_host, E, R);
+    check_offsets(op, offsets, E);
 }
 
 // The per-expert loop: one cuBLASLt call per non-empty expert, segments read from offsets_host.
-static void grouped_forward_loop(const char *op, Tensor out, Tensor inp, Tensor w, const int32_t *offsets_host) {
+static void grouped_forward_loop(const char *op, Tensor out, Tensor inp, Tensor w, Tensor offsets,
+                                 const int32_t *offsets_host) {
     int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
+    offsets_host = host_offsets(op, offsets, offsets_host, E, inp.shape[0]);
     const size_t ei = dtype_size(inp.dtype), eo = dtype_size(out.dtype);
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
@@ -308,14 +327,14 @@ extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     const void *ptrs[3] = {out.data, inp.data, w.data};
     if (inp.dtype == DT_BF16 && cuda_gg_supported(inp.shape[0], w.shape[0], w.shape[1], w.shape[2], ptrs, 3))
         cuda_gg_forward(out, inp, w, offsets);
-    else grouped_forward_loop(op, out, inp, w, offsets_host);
+    else grouped_forward_loop(op, out, inp, w, offsets, offsets_host);
 }
 
 extern "C" void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets,
                                                  const int32_t *offsets_host) {
     const char *op = "grouped_matmul_forward";
     grouped_forward_check(op, out, inp, w, offsets, offsets_host);
-    grouped_forward_loop(op, out, inp, w, offsets_host);
+    grouped_forward_loop(op, out, inp, w, offsets, offsets_host);
 }
 
 static void grouped_backward_check(const char *op, Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
@@ -327,7 +346,7 @@ static void grouped_backward_check(const char *op, Tensor dinp, Tensor dw, Tenso
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[2], "K");
     cpu_agree(op, "dout", &dout, dout.shape[0], "inp", &inp, R, "rows");
     cpu_agree(op, "dout", &dout, dout.shape[1], "w", &w, N, "N");
-    check_offsets(op, offsets, offsets_host, E, R);
+    check_offsets(op, offsets, E);
     if (dinp.data) {
         cuda_need_float(op, "dinp", &dinp, 2);
         cuda_same_dtype(op, "dout", &dout, "w", &w);
@@ -343,8 +362,9 @@ static void grouped_backward_check(const char *op, Tensor dinp, Tensor dw, Tenso
 
 // The per-expert loop for whichever of dinp and dw has data.
 static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
-                                  const int32_t *offsets_host) {
+                                  Tensor offsets, const int32_t *offsets_host) {
     int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
+    offsets_host = host_offsets(op, offsets, offsets_host, E, inp.shape[0]);
     const size_t ea = dtype_size(inp.dtype), ew = dtype_size(w.dtype), eg = dtype_size(dout.dtype);
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
@@ -381,12 +401,12 @@ extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout
             loop_dw.data = NULL;
         }
     }
-    if (loop_dinp.data || loop_dw.data) grouped_backward_loop(op, loop_dinp, loop_dw, dout, inp, w, offsets_host);
+    if (loop_dinp.data || loop_dw.data) grouped_backward_loop(op, loop_dinp, loop_dw, dout, inp, w, offsets, offsets_host);
 }
 
 extern "C" void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
                                                   Tensor offsets, const int32_t *offsets_host) {
     const char *op = "grouped_matmul_backward";
     grouped_backward_check(op, dinp, dw, dout, inp, w, offsets, offsets_host);
-    grouped_backward_loop(op, dinp, dw, dout, inp, w, offsets_host);
+    grouped_backward_loop(op, dinp, dw, dout, inp, w, offsets, offsets_host);
 }

@@ -37,18 +37,29 @@ __global__ void plan_offsets_kernel(int32_t *offsets, const int32_t *keys_sorted
     }
 }
 
-extern "C" void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, int64_t *counts_host,
+// counts (E) += segment sizes, from the plan's offsets (one thread per expert).
+__global__ void plan_counts_kernel(int32_t *counts, const int32_t *offsets, int E) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < E; e += gridDim.x * blockDim.x)
+        counts[e] += offsets[e + 1] - offsets[e];
+}
+
+// No host sync unless offsets_host is asked for: a bad expert id is recorded on the device and reported at the next
+// sync (the step's loss read), and the pairs that carry it sort past offsets[E], where no kernel reads them.
+extern "C" void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *offsets_host, Tensor counts,
                                        Tensor topk_idx, int n_experts) {
     const char *op = "moe_dispatch_plan";
     cpu_need(op, "topk_idx", &topk_idx, DT_I32, 2);
     cpu_need(op, "order", &order, DT_I32, 1);
     cpu_need(op, "offsets", &offsets, DT_I32, 1);
     if (n_experts <= 0) die("%s: n_experts %d must be positive", op, n_experts);
-    if (!offsets_host) die("%s: offsets_host is NULL", op);
     const int64_t NK = tensor_numel(&topk_idx);
     if (NK > INT32_MAX) die("%s: %lld routed pairs do not fit 32-bit offsets", op, (long long)NK);
     cpu_agree(op, "order", &order, order.shape[0], "topk_idx", &topk_idx, NK, "N * K");
     cpu_expect(op, "offsets", &offsets, offsets.shape[0], (int64_t)n_experts + 1, "length (n_experts + 1)");
+    if (counts.data) {
+        cpu_need(op, "counts", &counts, DT_I32, 1);
+        cpu_expect(op, "counts", &counts, counts.shape[0], n_experts, "length (n_experts)");
+    }
     const int E = n_experts;
     cudaStream_t s = cuda_stream();
     int end_bit = 1;
@@ -69,11 +80,15 @@ extern "C" void cuda_moe_dispatch_plan(Tensor order, Tensor offsets, int32_t *of
     }
     plan_offsets_kernel<<<cuda_grid((int64_t)E + 1, 256), 256, 0, s>>>((int32_t *)offsets.data, keys_sorted, NK, E);
     CUDA_LAUNCH_CHECK("plan_offsets_kernel");
-    CUDA_CHECK(cudaMemcpyAsync(offsets_host, offsets.data, ((size_t)E + 1) * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                               s));
-    cuda_sync_and_check(); // dies here on a bad expert id, before anyone reads the plan
-    if (counts_host)
-        for (int e = 0; e < E; e++) counts_host[e] += offsets_host[e + 1] - offsets_host[e];
+    if (counts.data) {
+        plan_counts_kernel<<<cuda_grid(E, 256), 256, 0, s>>>((int32_t *)counts.data, (const int32_t *)offsets.data, E);
+        CUDA_LAUNCH_CHECK("plan_counts_kernel");
+    }
+    if (offsets_host) {
+        CUDA_CHECK(cudaMemcpyAsync(offsets_host, offsets.data, ((size_t)E + 1) * sizeof(int32_t),
+                                   cudaMemcpyDeviceToHost, s));
+        cuda_sync_and_check(); // dies here on a bad expert id, before the host reads the table
+    }
 }
 
 // Checks order's shape; its values are checked on the device (bad entries are reported and skipped).

@@ -299,19 +299,20 @@ __global__ void balance_p_kernel(double *L, const double *part, const int *cnt, 
     L[i] = (double)cnt[i] * f_scale * P;
 }
 
-// One thread: mean over sequences of alpha * sum_e L[b, e], in the cpu op's order.
-__global__ void balance_total_kernel(double *out, const double *L, int B, int E, double alpha) {
+// One thread: mean over sequences of alpha * sum_e L[b, e], in the cpu op's order (rounded to F32 at the end).
+__global__ void balance_total_kernel(float *out, const double *L, int B, int E, double alpha) {
     double total = 0.0;
     for (int b = 0; b < B; b++) {
         double l = 0.0;
         for (int e = 0; e < E; e++) l += L[(int64_t)b * E + e];
         total += alpha * l;
     }
-    *out = total / B;
+    *out = (float)(total / B);
 }
 
-extern "C" double cuda_moe_balance_loss(Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T, int top_k,
-                                        float alpha, float grad_scale) {
+// Nothing here waits for the device: the loss stays in backend memory until the caller reads it.
+extern "C" void cuda_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores, Tensor topk_idx, int B, int T,
+                                      int top_k, float alpha, float grad_scale) {
     const char *op = "moe_balance_loss";
     cpu_need(op, "scores", &scores, DT_F32, 2);
     cpu_need(op, "topk_idx", &topk_idx, DT_I32, 2);
@@ -327,6 +328,10 @@ extern "C" double cuda_moe_balance_loss(Tensor dscores, Tensor scores, Tensor to
         cpu_agree(op, "dscores", &dscores, dscores.shape[1], "scores", &scores, E, "E");
         ds = (float *)dscores.data;
     }
+    if (loss.data) {
+        cpu_need(op, "loss", &loss, DT_F32, 1);
+        cpu_expect(op, "loss", &loss, loss.shape[0], 1, "length 1");
+    }
     if (E <= 0 || E > INT32_MAX) die("%s: scores have %lld columns", op, (long long)E);
     const int64_t N = (int64_t)B * T;
     const size_t cnt_b = cuda_align256((size_t)B * E * sizeof(int)), z_b = cuda_align256((size_t)N * sizeof(double));
@@ -335,7 +340,7 @@ extern "C" double cuda_moe_balance_loss(Tensor dscores, Tensor scores, Tensor to
     const size_t part_b = cuda_align256((size_t)B * n_chunks * E * sizeof(double));
     char *scr = (char *)cuda_scratch(cnt_b + z_b + l_b + 256 + part_b);
     int *cnt = (int *)scr;
-    double *Z = (double *)(scr + cnt_b), *L = (double *)(scr + cnt_b + z_b), *res = (double *)(scr + cnt_b + z_b + l_b);
+    double *Z = (double *)(scr + cnt_b), *L = (double *)(scr + cnt_b + z_b);
     cudaStream_t s = cuda_stream();
     const double f_scale = (double)E / ((double)top_k * T);
     const double c = (double)alpha * grad_scale / ((double)B * T);
@@ -346,16 +351,13 @@ extern "C" double cuda_moe_balance_loss(Tensor dscores, Tensor scores, Tensor to
     balance_token_kernel<<<cuda_grid(N * 32, 256), 256, 0, s>>>(Z, ds, (const float *)scores.data, cnt, N, T, (int)E,
                                                                 f_scale, c);
     CUDA_LAUNCH_CHECK("balance_token_kernel");
+    if (!loss.data) return; // the gradient alone (the backward pass) needs no P
     double *part = (double *)(scr + cnt_b + z_b + l_b + 256);
     balance_p_partial_kernel<<<dim3((unsigned)n_chunks, (unsigned)B), E < 256 ? 64 : 256, 0, s>>>(
         part, (const float *)scores.data, Z, T, (int)E, n_chunks);
     CUDA_LAUNCH_CHECK("balance_p_partial_kernel");
     balance_p_kernel<<<cuda_grid((int64_t)B * E, 128), 128, 0, s>>>(L, part, cnt, B, (int)E, n_chunks, f_scale);
     CUDA_LAUNCH_CHECK("balance_p_kernel");
-    balance_total_kernel<<<1, 1, 0, s>>>(res, L, B, (int)E, (double)alpha);
+    balance_total_kernel<<<1, 1, 0, s>>>((float *)loss.data, L, B, (int)E, (double)alpha);
     CUDA_LAUNCH_CHECK("balance_total_kernel");
-    double loss = 0.0;
-    CUDA_CHECK(cudaMemcpyAsync(&loss, res, sizeof loss, cudaMemcpyDeviceToHost, s));
-    cuda_sync_and_check();
-    return loss;
 }

@@ -67,8 +67,8 @@ TEST(gpu_moe_combine_bf16_rows_into_f32) {
         for (int k = 0; k < K; k++) idx[t * K + k] = (t * 7 + k * 5) % E;   // distinct per token (K <= E / gcd)
     int32_t *order = malloc(sizeof(int32_t) * NK), *off = malloc(sizeof(int32_t) * (E + 1));
     int32_t *off_h = malloc(sizeof(int32_t) * (E + 1));
-    C->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(off, DT_I32, E + 1), off_h, NULL,
-                         tensor_2d(idx, DT_I32, N, K), E);
+    C->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(off, DT_I32, E + 1), off_h,
+                         tensor_1d(NULL, DT_I32, E), tensor_2d(idx, DT_I32, N, K), E);
     float *ys = gt_round_bf16(ops_rand(NK * d, 1.0f), NK * d), *gates = ops_rand(NK, 1.0f);
     float *o0 = ops_rand((int64_t)N * d, 1.0f), *want = ops_copy_f(o0, (int64_t)N * d);
     C->moe_combine(tensor_2d(want, DT_F32, N, d), tensor_2d(ys, DT_F32, NK, d), tensor_2d(gates, DT_F32, N, K),
