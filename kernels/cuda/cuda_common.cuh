@@ -140,6 +140,59 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// ---- the second set of memory-bound kernels (v2): 16-byte vector loads, one warp or thread per 16-byte unit ----
+// DSV3_MEMOPS picks them, op by op, beside the first kernels (v1), which stay as they were: unset, "" or "v1": v1
+// everywhere; "v2": v2 wherever it applies; otherwise a comma-separated list of op names that take v2 (e.g.
+// "moe_combine,embedding_backward"; an unknown name dies, listing the known ones). Read at every call (a getenv
+// beside a launch) so that a test or benchmark can A/B both in one process. Defined in cuda_elementwise.cu.
+bool cuda_memops_v2(const char *op);
+
+// Eight consecutive elements at p as floats, and back. p must be 16-byte aligned: the callers check the base
+// pointers (cuda_rows16) and use rows whose lengths are multiples of 8 elements. Plain loads (no __ldg): some
+// callers write what they read (accumulating or in-place outputs).
+__device__ __forceinline__ void ld8(const float *p, float *f) {
+    const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void bf16x2_unpack(unsigned u, float *f) {
+    f[0] = __uint_as_float(u << 16); // the low half is the element at the lower address
+    f[1] = __uint_as_float(u & 0xFFFF0000u);
+}
+__device__ __forceinline__ void ld8(const bf16 *p, float *f) {
+    const uint4 u = *(const uint4 *)p;
+    bf16x2_unpack(u.x, f), bf16x2_unpack(u.y, f + 2), bf16x2_unpack(u.z, f + 4), bf16x2_unpack(u.w, f + 6);
+}
+__device__ __forceinline__ void st8(float *p, const float *f) {
+    ((float4 *)p)[0] = make_float4(f[0], f[1], f[2], f[3]);
+    ((float4 *)p)[1] = make_float4(f[4], f[5], f[6], f[7]);
+}
+__device__ __forceinline__ unsigned bf16x2_pack(float lo, float hi) { // round to nearest even, as from_f<bf16>
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+__device__ __forceinline__ void st8(bf16 *p, const float *f) {
+    uint4 u;
+    u.x = bf16x2_pack(f[0], f[1]), u.y = bf16x2_pack(f[2], f[3]);
+    u.z = bf16x2_pack(f[4], f[5]), u.w = bf16x2_pack(f[6], f[7]);
+    *(uint4 *)p = u;
+}
+// VEC (1 or 8) elements: the scalar form serves shapes that the 16-byte form cannot (odd widths, unaligned views).
+template <int VEC, typename T> __device__ __forceinline__ void ldv(const T *p, float *f) {
+    if constexpr (VEC == 8) ld8(p, f);
+    else f[0] = to_f(*p);
+}
+template <int VEC, typename T> __device__ __forceinline__ void stv(T *p, const float *f) {
+    if constexpr (VEC == 8) st8(p, f);
+    else *p = from_f<T>(f[0]);
+}
+// Whether every pointer is 16-byte aligned and n (elements per row, or a column offset) is a multiple of 8: the
+// condition for ld8/st8 on rows of n elements.
+static inline bool cuda_vec8_ok(int64_t n, const void *a, const void *b = NULL, const void *c = NULL,
+                                const void *d = NULL, const void *e = NULL) {
+    const uintptr_t m = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e;
+    return (m & 15) == 0 && n % 8 == 0;
+}
+
 // Grid size for a grid-stride loop over n items with `threads` per block.
 static inline unsigned cuda_grid(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -97,6 +97,15 @@ static void check_order(const char *op, const Tensor *order, int64_t NK) {
     cpu_expect(op, "order", order, order->shape[0], NK, "length (N * K)");
 }
 
+// The v2 forms (DSV3_MEMOPS, end of file), called after the checks; false: not selected or not applicable (v1 runs).
+static bool moe_gather_v2(Tensor x_sorted, Tensor x, Tensor order, int K, int64_t N, int64_t d);
+static bool moe_gather_backward_v2(Tensor dx, Tensor dx_sorted, Tensor order, int K, int64_t N, int64_t d,
+                                   int accumulate);
+static bool moe_combine_v2(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, int K, int64_t N, int64_t d,
+                           int accumulate);
+static bool moe_combine_backward_v2(Tensor dy_sorted, Tensor dgates, Tensor dout, Tensor y_sorted, Tensor gates,
+                                    Tensor order, int K, int64_t N, int64_t d);
+
 template <typename T>
 __global__ void moe_gather_kernel(T *x_sorted, const T *x, const int32_t *order, int64_t NK, int64_t d, int K,
                                   CudaDevError *err) {
@@ -244,7 +253,7 @@ extern "C" void cuda_moe_gather(Tensor x_sorted, Tensor x, Tensor order, int top
     cpu_agree(op, "x_sorted", &x_sorted, x_sorted.shape[1], "x", &x, d, "d");
     cpu_expect(op, "x_sorted", &x_sorted, x_sorted.shape[0], NK, "rows (N * top_k)");
     check_order(op, &order, NK);
-    if (NK == 0 || d == 0) return;
+    if (NK == 0 || d == 0 || moe_gather_v2(x_sorted, x, order, top_k, N, d)) return;
     cudaStream_t s = cuda_stream();
     const int64_t row_bytes = d * (int64_t)dtype_size(x.dtype);
     if (cuda_rows16(x.data, row_bytes) && cuda_rows16(x_sorted.data, row_bytes) && row_bytes / 16 <= INT32_MAX) {
@@ -273,7 +282,7 @@ extern "C" void cuda_moe_gather_backward(Tensor dx, Tensor dx_sorted, Tensor ord
     cpu_agree(op, "dx_sorted", &dx_sorted, dx_sorted.shape[1], "dx", &dx, d, "d");
     cpu_expect(op, "dx_sorted", &dx_sorted, dx_sorted.shape[0], NK, "rows (N * top_k)");
     check_order(op, &order, NK);
-    if (N == 0 || d == 0) return;
+    if (N == 0 || d == 0 || moe_gather_backward_v2(dx, dx_sorted, order, top_k, N, d, accumulate)) return;
     const int32_t *slots = moe_build_slots(&order, N, top_k, ERR_GATHER_BWD_ORDER);
     cudaStream_t s = cuda_stream();
     DISPATCH_FLOAT(dx.dtype, T, {
@@ -295,6 +304,7 @@ extern "C" void cuda_moe_combine(Tensor out, Tensor y_sorted, Tensor gates, Tens
     check_order(op, &order, NK);
     if (N == 0 || d == 0) return;
     if (K <= 0 || K > INT32_MAX) die("%s: gates have %lld columns", op, (long long)K);
+    if (moe_combine_v2(out, y_sorted, gates, order, (int)K, N, d, accumulate)) return;
     const int32_t *slots = moe_build_slots(&order, N, (int)K, ERR_COMBINE_ORDER);
     cudaStream_t s = cuda_stream();
     DISPATCH_FLOAT(out.dtype, T, DISPATCH_FLOAT(y_sorted.dtype, TY, {
@@ -327,6 +337,7 @@ extern "C" void cuda_moe_combine_backward(Tensor dy_sorted, Tensor dgates, Tenso
     check_order(op, &order, NK);
     if (NK == 0) return;
     if (K > INT32_MAX) die("%s: gates have %lld columns", op, (long long)K);
+    if (moe_combine_backward_v2(dy_sorted, dgates, dout, y_sorted, gates, order, (int)K, N, d)) return;
     cudaStream_t s = cuda_stream();
     DISPATCH_FLOAT(dout.dtype, T, {
         moe_combine_bwd_kernel<T><<<cuda_grid(NK * 32, 256), 256, 0, s>>>(
@@ -334,4 +345,245 @@ extern "C" void cuda_moe_combine_backward(Tensor dy_sorted, Tensor dgates, Tenso
             (const float *)gates.data, (const int32_t *)order.data, NK, d, (int)K, cuda_dev_error());
     });
     CUDA_LAUNCH_CHECK("moe_combine_bwd_kernel");
+}
+
+// ---- v2 (DSV3_MEMOPS): token-major kernels over the inverse of order ----
+// One warp per token: its K pairs' sorted positions (inv, -1 for pairs missing from order) are read once into shared
+// memory, then the warp moves whole rows in 16-byte units (8 elements; VEC = 1 is the element-wise form for widths
+// or views that do not allow it). Token-major, every row of the (N, d) side is read or written once and every row of
+// the (N*K, d) side once: the bytes that must move. (The v1 kernels read the (N, d) side once per pair, from random
+// rows, so K times from DRAM.) gather_backward and combine add the token's rows in ascending sorted position with
+// explicitly rounded products, as v1 and the cpu do (the same bits in FP32). These kernels assume what
+// moe_dispatch_plan produces: order is a permutation; out-of-range entries are reported and skipped, as in v1.
+enum { MV2_WARPS = 8 }; // tokens (warps) per block
+
+// inv (N*K) in scratch: the sorted position of each pair, -1 for pairs missing from order.
+static int32_t *moe_build_inv(const Tensor *order, int64_t NK, int code) {
+    int32_t *inv = (int32_t *)cuda_scratch(cuda_align256((size_t)(NK > 0 ? NK : 1) * sizeof(int32_t)));
+    cudaStream_t s = cuda_stream();
+    CUDA_CHECK(cudaMemsetAsync(inv, 0xFF, (size_t)NK * sizeof(int32_t), s));
+    moe_invert_kernel<<<cuda_grid(NK, 256), 256, 0, s>>>(inv, (const int32_t *)order->data, NK, code,
+                                                         cuda_dev_error());
+    CUDA_LAUNCH_CHECK("moe_invert_kernel");
+    return inv;
+}
+
+// x_sorted[inv[t*K + k]] = x[t] for every pair of token t. U: uint4 (16-byte units) or the element type; units per
+// row. Two units per lane and step, so that two loads are in flight before the stores.
+template <typename U>
+__global__ void moe_gather_v2_kernel(U *x_sorted, const U *x, const int32_t *inv, int64_t N, int K, int units) {
+    __shared__ int32_t sj[MV2_WARPS][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int64_t t = (int64_t)blockIdx.x * MV2_WARPS + w; t < N; t += (int64_t)gridDim.x * MV2_WARPS) {
+        if (lane < K) sj[w][lane] = inv[t * K + lane];
+        __syncwarp();
+        const U *src = x + t * units;
+        for (int c = lane; c < units; c += 64) {
+            const bool two = c + 32 < units;
+            const U v0 = src[c];
+            U v1 = v0;
+            if (two) v1 = src[c + 32];
+            for (int k = 0; k < K; k++) {
+                const int32_t j = sj[w][k];
+                if (j < 0) continue;
+                U *dst = x_sorted + (int64_t)j * units;
+                dst[c] = v0;
+                if (two) dst[c + 32] = v1;
+            }
+        }
+        __syncwarp(); // sj is rewritten for the next token
+    }
+}
+
+// out[t] (+)= sum over t's pairs in ascending sorted position j of wgt * src[j], wgt = gates[pair] (combine) or 1
+// (gather backward, gates NULL: 1 * x is x, so these are v1's sums). d = units * VEC columns.
+template <typename T, typename TY, int VEC>
+__global__ void moe_token_sum_v2_kernel(T *out, const TY *src, const float *gates, const int32_t *inv, int64_t N,
+                                        int K, int units, int accumulate) {
+    __shared__ int32_t raw[MV2_WARPS][32], sj[MV2_WARPS][32];
+    __shared__ float sg[MV2_WARPS][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t d = (int64_t)units * VEC;
+    for (int64_t t = (int64_t)blockIdx.x * MV2_WARPS + w; t < N; t += (int64_t)gridDim.x * MV2_WARPS) {
+        int32_t v = -1;
+        float g = 1.0f;
+        if (lane < K) {
+            v = inv[t * K + lane];
+            if (gates) g = gates[t * K + lane];
+            raw[w][lane] = v;
+        }
+        __syncwarp();
+        if (lane < K) { // rank of this pair's position among the token's K (missing ones, -1, first; ties by lane)
+            int rank = 0;
+            for (int i = 0; i < K; i++) {
+                const int32_t o = raw[w][i];
+                rank += (o < v) || (o == v && i < lane);
+            }
+            sj[w][rank] = v;
+            sg[w][rank] = g;
+        }
+        __syncwarp();
+        T *o_row = out + t * d;
+        for (int c = lane; c < units; c += 32) {
+            const int64_t col = (int64_t)c * VEC;
+            float acc[VEC];
+            if (accumulate) {
+                ldv<VEC>(o_row + col, acc);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; e++) acc[e] = 0.0f;
+            }
+            for (int r0 = 0; r0 < K; r0 += 4) { // four rows' loads in flight, then the sums in order
+                float y[4][VEC];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = r0 + i;
+                    if (r < K && sj[w][r] >= 0) ldv<VEC>(src + (int64_t)sj[w][r] * d + col, y[i]);
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = r0 + i;
+                    if (r < K && sj[w][r] >= 0) {
+                        const float gr = sg[w][r];
+#pragma unroll
+                        for (int e = 0; e < VEC; e++) acc[e] = __fadd_rn(acc[e], __fmul_rn(gr, y[i][e]));
+                    }
+                }
+            }
+            stv<VEC>(o_row + col, acc);
+        }
+        __syncwarp(); // raw/sj/sg are rewritten for the next token
+    }
+}
+
+// For each pair (t, k) at sorted position j: dy_sorted[j] = gate * dout[t]; dgates[pair] = <dout[t], y_sorted[j]>.
+// dout[t] is read from DRAM once (its K re-reads hit the cache). Two units per lane and step.
+template <typename T, int VEC>
+__global__ void moe_combine_bwd_v2_kernel(T *dy_sorted, float *dgates, const T *dout, const T *y_sorted,
+                                          const float *gates, const int32_t *inv, int64_t N, int K, int units) {
+    __shared__ int32_t sj[MV2_WARPS][32];
+    __shared__ float sg[MV2_WARPS][32];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t d = (int64_t)units * VEC;
+    for (int64_t t = (int64_t)blockIdx.x * MV2_WARPS + w; t < N; t += (int64_t)gridDim.x * MV2_WARPS) {
+        if (lane < K) {
+            sj[w][lane] = inv[t * K + lane];
+            sg[w][lane] = gates[t * K + lane];
+        }
+        __syncwarp();
+        const T *g = dout + t * d;
+        for (int k = 0; k < K; k++) {
+            const int32_t j = sj[w][k];
+            if (j < 0) continue; // the same for the whole warp
+            const float gate = sg[w][k];
+            const T *y = y_sorted + (int64_t)j * d;
+            T *dy = dy_sorted + (int64_t)j * d;
+            float dot = 0.0f;
+            for (int c = lane; c < units; c += 64) {
+                const bool two = c + 32 < units;
+                float a0[VEC], b0[VEC], a1[VEC], b1[VEC], o[VEC];
+                ldv<VEC>(g + (int64_t)c * VEC, a0);
+                ldv<VEC>(y + (int64_t)c * VEC, b0);
+                if (two) {
+                    ldv<VEC>(g + (int64_t)(c + 32) * VEC, a1);
+                    ldv<VEC>(y + (int64_t)(c + 32) * VEC, b1);
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; e++) {
+                    o[e] = __fmul_rn(gate, a0[e]);
+                    dot += a0[e] * b0[e];
+                }
+                stv<VEC>(dy + (int64_t)c * VEC, o);
+                if (two) {
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) {
+                        o[e] = __fmul_rn(gate, a1[e]);
+                        dot += a1[e] * b1[e];
+                    }
+                    stv<VEC>(dy + (int64_t)(c + 32) * VEC, o);
+                }
+            }
+            dot = warp_sum(dot);
+            if (lane == 0) dgates[t * K + k] = dot;
+        }
+        __syncwarp(); // sj/sg are rewritten for the next token
+    }
+}
+
+// The v2 launches, after the entry points' checks. Each returns false, having done nothing, where v2 is not selected
+// or does not apply (more than 32 pairs per token: one warp holds a token's pairs); v1 then runs.
+static bool moe_gather_v2(Tensor x_sorted, Tensor x, Tensor order, int K, int64_t N, int64_t d) {
+    if (!cuda_memops_v2("moe_gather") || K > 32 || d > INT32_MAX) return false;
+    const int32_t *inv = moe_build_inv(&order, N * K, ERR_GATHER_ORDER);
+    const unsigned grid = cuda_grid(N, MV2_WARPS);
+    cudaStream_t s = cuda_stream();
+    const int64_t row_bytes = d * (int64_t)dtype_size(x.dtype);
+    if (cuda_rows16(x.data, row_bytes) && cuda_rows16(x_sorted.data, row_bytes)) {
+        moe_gather_v2_kernel<uint4><<<grid, MV2_WARPS * 32, 0, s>>>((uint4 *)x_sorted.data, (const uint4 *)x.data, inv,
+                                                                    N, K, (int)(row_bytes / 16));
+    } else {
+        DISPATCH_FLOAT(x.dtype, T, {
+            moe_gather_v2_kernel<T><<<grid, MV2_WARPS * 32, 0, s>>>((T *)x_sorted.data, (const T *)x.data, inv, N, K,
+                                                                    (int)d);
+        });
+    }
+    CUDA_LAUNCH_CHECK("moe_gather_v2_kernel");
+    return true;
+}
+
+// out (N, d) (+)= the token sums of src (N*K, d) (combine: gates (N, K); gather backward: gates NULL).
+static void moe_token_sum_v2(Tensor out, Tensor src, const float *gates, const int32_t *inv, int64_t N, int K,
+                             int64_t d, int accumulate, const char *name) {
+    const unsigned grid = cuda_grid(N, MV2_WARPS);
+    cudaStream_t s = cuda_stream();
+    const bool v8 = cuda_vec8_ok(d, out.data, src.data);
+    const int units = (int)(v8 ? d / 8 : d);
+    DISPATCH_FLOAT(out.dtype, T, DISPATCH_FLOAT(src.dtype, TY, {
+        if (v8)
+            moe_token_sum_v2_kernel<T, TY, 8><<<grid, MV2_WARPS * 32, 0, s>>>(
+                (T *)out.data, (const TY *)src.data, gates, inv, N, K, units, accumulate);
+        else
+            moe_token_sum_v2_kernel<T, TY, 1><<<grid, MV2_WARPS * 32, 0, s>>>(
+                (T *)out.data, (const TY *)src.data, gates, inv, N, K, units, accumulate);
+    }));
+    CUDA_LAUNCH_CHECK(name);
+}
+
+static bool moe_gather_backward_v2(Tensor dx, Tensor dx_sorted, Tensor order, int K, int64_t N, int64_t d,
+                                   int accumulate) {
+    if (!cuda_memops_v2("moe_gather_backward") || K > 32 || d > INT32_MAX) return false;
+    const int32_t *inv = moe_build_inv(&order, N * K, ERR_GATHER_BWD_ORDER);
+    moe_token_sum_v2(dx, dx_sorted, NULL, inv, N, K, d, accumulate, "moe_token_sum_v2_kernel (gather backward)");
+    return true;
+}
+
+static bool moe_combine_v2(Tensor out, Tensor y_sorted, Tensor gates, Tensor order, int K, int64_t N, int64_t d,
+                           int accumulate) {
+    if (!cuda_memops_v2("moe_combine") || K > 32 || d > INT32_MAX) return false;
+    const int32_t *inv = moe_build_inv(&order, N * K, ERR_COMBINE_ORDER);
+    moe_token_sum_v2(out, y_sorted, (const float *)gates.data, inv, N, K, d, accumulate,
+                     "moe_token_sum_v2_kernel (combine)");
+    return true;
+}
+
+static bool moe_combine_backward_v2(Tensor dy_sorted, Tensor dgates, Tensor dout, Tensor y_sorted, Tensor gates,
+                                    Tensor order, int K, int64_t N, int64_t d) {
+    if (!cuda_memops_v2("moe_combine_backward") || K > 32 || d > INT32_MAX) return false;
+    const int32_t *inv = moe_build_inv(&order, N * K, ERR_COMBINE_BWD_ORDER);
+    const unsigned grid = cuda_grid(N, MV2_WARPS);
+    cudaStream_t s = cuda_stream();
+    const bool v8 = cuda_vec8_ok(d, dy_sorted.data, dout.data, y_sorted.data);
+    const int units = (int)(v8 ? d / 8 : d);
+    DISPATCH_FLOAT(dout.dtype, T, {
+        if (v8)
+            moe_combine_bwd_v2_kernel<T, 8><<<grid, MV2_WARPS * 32, 0, s>>>(
+                (T *)dy_sorted.data, (float *)dgates.data, (const T *)dout.data, (const T *)y_sorted.data,
+                (const float *)gates.data, inv, N, K, units);
+        else
+            moe_combine_bwd_v2_kernel<T, 1><<<grid, MV2_WARPS * 32, 0, s>>>(
+                (T *)dy_sorted.data, (float *)dgates.data, (const T *)dout.data, (const T *)y_sorted.data,
+                (const float *)gates.data, inv, N, K, units);
+    });
+    CUDA_LAUNCH_CHECK("moe_combine_bwd_v2_kernel");
+    return true;
 }

@@ -8,6 +8,11 @@
 
 enum { NORM_WARPS = 8 }; // rows per block
 
+// The v2 forms (DSV3_MEMOPS, end of file), after the checks; false: not selected or not applicable (v1 runs).
+static bool rmsnorm_forward_v2(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps, int64_t M, int64_t d);
+static bool rmsnorm_backward_v2(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
+                                int accumulate, int64_t M, int64_t d);
+
 template <typename TI, typename TO, typename TW>
 __global__ void rmsnorm_fwd_kernel(TO *out, float *rstd, const TI *inp, const TW *w, int64_t M, int d, float eps) {
     const int lane = threadIdx.x & 31;
@@ -82,6 +87,7 @@ extern "C" void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor
     cpu_expect(op, "rstd", &rstd, tensor_numel(&rstd), M, "size (rows of inp)");
     if (M == 0 || d == 0) return;
     if (d > INT32_MAX) die("%s: row length %lld too large", op, (long long)d);
+    if (rmsnorm_forward_v2(out, rstd, inp, w, eps, M, d)) return;
     unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
     cudaStream_t s = cuda_stream();
     DISPATCH_FLOAT(inp.dtype, TI, DISPATCH_FLOAT(out.dtype, TO, DISPATCH_FLOAT(w.dtype, TW, {
@@ -114,6 +120,7 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
     }
     if (M == 0 || d == 0) return;
     if (d > INT32_MAX) die("%s: row length %lld too large", op, (long long)d);
+    if ((dinp.data || dw.data) && rmsnorm_backward_v2(dinp, dw, dout, inp, w, rstd, accumulate_dinp, M, d)) return;
     cudaStream_t s = cuda_stream();
     if (dinp.data) {
         unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
@@ -141,4 +148,191 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
                                                                                chunks);
         CUDA_LAUNCH_CHECK("rmsnorm_bwd_dw_final_kernel");
     }
+}
+
+// ---- v2 (DSV3_MEMOPS): 16-byte loads, the row in registers; backward with dw fused ----
+// Rows of d = 8 * units elements, units <= 32 * NU (NU = 2: d <= 512; NU = 8: d <= 2048); one warp per row, lane
+// `lane` holding units lane + 32 u. Wider rows, odd widths and unaligned views take v1.
+
+template <typename TI, typename TO, typename TW, int NU>
+__global__ void __launch_bounds__(NORM_WARPS * 32)
+    rmsnorm_fwd_v2_kernel(TO *out, float *rstd, const TI *inp, const TW *w, int64_t M, int d, float eps) {
+    const int lane = threadIdx.x & 31, units = d / 8;
+    const int64_t row = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    if (row >= M) return;
+    const TI *x = inp + row * d;
+    float v[NU][8];
+#pragma unroll
+    for (int u = 0; u < NU; u++)
+        if (lane + 32 * u < units) ld8(x + 8 * (lane + 32 * u), v[u]);
+    float ss = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NU; u++)
+        if (lane + 32 * u < units)
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += v[u][e] * v[u][e];
+    ss = warp_sum(ss);
+    const float rs = 1.0f / sqrtf(ss / (float)d + eps);
+    if (lane == 0) rstd[row] = rs;
+    TO *y = out + row * d; // may alias inp (one dtype): every load of the row is above
+#pragma unroll
+    for (int u = 0; u < NU; u++) {
+        const int c = lane + 32 * u;
+        if (c < units) {
+            float wv[8], o[8];
+            ld8(w + 8 * c, wv);
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[e] = v[u][e] * rs * wv[e];
+            st8(y + 8 * c, o);
+        }
+    }
+}
+
+// Rows [blockIdx.x * rows_per_block, ...) per block, warp w taking rows w, w + 8, ... of them in order:
+//   dinp (unless NULL) as v1: dx = rstd * (w g - x c), c = rstd^2 / d * sum w g x (x and g re-read: cache hits);
+//   part[block] (unless NULL) = this block's sum over its rows of g x rstd: each warp in row order in registers,
+//   then the 8 warps in order through shared memory. rmsnorm_dw_final_v2_kernel adds the blocks in order:
+//   deterministic, and one pass over dout and inp instead of v1's two.
+template <typename T, typename TG, typename TW, int NU>
+__global__ void __launch_bounds__(NORM_WARPS * 32)
+    rmsnorm_bwd_v2_kernel(T *dinp, float *part, const TG *dout, const T *inp, const TW *w, const float *rstd,
+                          int64_t M, int d, int accumulate, int64_t rows_per_block) {
+    __shared__ float red[NORM_WARPS][256];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, units = d / 8;
+    const int64_t r0 = (int64_t)blockIdx.x * rows_per_block;
+    const int64_t r1 = r0 + rows_per_block < M ? r0 + rows_per_block : M;
+    float dw[NU][8];
+#pragma unroll
+    for (int u = 0; u < NU; u++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) dw[u][e] = 0.0f;
+    for (int64_t row = r0 + warp; row < r1; row += NORM_WARPS) {
+        const T *x = inp + row * d;
+        const TG *g = dout + row * d;
+        const float rs = rstd[row];
+        float cc = 0.0f;
+        if (dinp) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int u = 0; u < NU; u++) {
+                const int c = lane + 32 * u;
+                if (c < units) {
+                    float xv[8], gv[8], wv[8];
+                    ld8(x + 8 * c, xv);
+                    ld8(g + 8 * c, gv);
+                    ld8(w + 8 * c, wv);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) dot += wv[e] * gv[e] * xv[e];
+                }
+            }
+            dot = warp_sum(dot);
+            cc = dot * rs * rs / (float)d;
+        }
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            const int c = lane + 32 * u;
+            if (c < units) {
+                float xv[8], gv[8];
+                ld8(x + 8 * c, xv);
+                ld8(g + 8 * c, gv);
+                if (dinp) {
+                    float wv[8], o[8];
+                    ld8(w + 8 * c, wv);
+                    T *dx = dinp + row * d + 8 * c;
+                    if (accumulate) ld8(dx, o);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) {
+                        const float v = rs * (wv[e] * gv[e] - xv[e] * cc);
+                        o[e] = accumulate ? o[e] + v : v;
+                    }
+                    st8(dx, o);
+                }
+                if (part)
+#pragma unroll
+                    for (int e = 0; e < 8; e++) dw[u][e] += gv[e] * xv[e] * rs;
+            }
+        }
+    }
+    if (!part) return; // uniform across the block
+#pragma unroll
+    for (int u = 0; u < NU; u++) { // unit u of every lane: columns [256 u, 256 u + 256)
+        if (256 * u >= d) break;   // uniform
+        __syncthreads();           // red is free again
+#pragma unroll
+        for (int e = 0; e < 8; e++) red[warp][lane * 8 + e] = dw[u][e];
+        __syncthreads();
+        const int col = 256 * u + threadIdx.x;
+        if (col < d) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < NORM_WARPS; k++) s += red[k][threadIdx.x];
+            part[(int64_t)blockIdx.x * d + col] = s;
+        }
+    }
+}
+
+// dw[col] += sum over blocks b (in order) of part[b, col]: block (32 columns) x (32 row groups); row group ty sums
+// blocks ty, ty + 32, ... in order, then thread ty = 0 sums the 32 groups in order.
+__global__ void rmsnorm_dw_final_v2_kernel(float *dw, const float *part, int d, int nb) {
+    __shared__ float red[32][33];
+    const int tx = threadIdx.x, ty = threadIdx.y, col = blockIdx.x * 32 + tx;
+    float s = 0.0f;
+    if (col < d)
+        for (int b = ty; b < nb; b += 32) s += part[(int64_t)b * d + col];
+    red[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && col < d) {
+        float t = 0.0f;
+        for (int k = 0; k < 32; k++) t += red[k][tx];
+        dw[col] += t;
+    }
+}
+
+enum { NORM_V2_ROWS = 64 }; // rows per backward block: 256 blocks for 16384 rows, one wave on an H100
+
+static int norm_v2_nu(int64_t d) { return d % 8 ? 0 : d <= 512 ? 2 : d <= 2048 ? 8 : 0; }
+
+static bool rmsnorm_forward_v2(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps, int64_t M, int64_t d) {
+    const int nu = norm_v2_nu(d);
+    if (!cuda_memops_v2("rmsnorm_forward") || !nu || !cuda_vec8_ok(d, out.data, inp.data, w.data)) return false;
+    const unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(inp.dtype, TI, DISPATCH_FLOAT(out.dtype, TO, DISPATCH_FLOAT(w.dtype, TW, {
+        if (nu == 2)
+            rmsnorm_fwd_v2_kernel<TI, TO, TW, 2><<<grid, NORM_WARPS * 32, 0, s>>>(
+                (TO *)out.data, (float *)rstd.data, (const TI *)inp.data, (const TW *)w.data, M, (int)d, eps);
+        else
+            rmsnorm_fwd_v2_kernel<TI, TO, TW, 8><<<grid, NORM_WARPS * 32, 0, s>>>(
+                (TO *)out.data, (float *)rstd.data, (const TI *)inp.data, (const TW *)w.data, M, (int)d, eps);
+    })));
+    CUDA_LAUNCH_CHECK("rmsnorm_fwd_v2_kernel");
+    return true;
+}
+
+static bool rmsnorm_backward_v2(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
+                                int accumulate, int64_t M, int64_t d) {
+    const int nu = norm_v2_nu(d);
+    if (!cuda_memops_v2("rmsnorm_backward") || !nu || !cuda_vec8_ok(d, dinp.data, dout.data, inp.data, w.data))
+        return false;
+    const int64_t nb = (M + NORM_V2_ROWS - 1) / NORM_V2_ROWS;
+    if (nb > INT32_MAX) return false;
+    float *part = dw.data ? (float *)cuda_scratch((size_t)nb * (size_t)d * sizeof(float)) : NULL;
+    cudaStream_t s = cuda_stream();
+    DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(dout.dtype, TG, DISPATCH_FLOAT(w.dtype, TW, {
+        if (nu == 2)
+            rmsnorm_bwd_v2_kernel<T, TG, TW, 2><<<(unsigned)nb, NORM_WARPS * 32, 0, s>>>(
+                (T *)dinp.data, part, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
+                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS);
+        else
+            rmsnorm_bwd_v2_kernel<T, TG, TW, 8><<<(unsigned)nb, NORM_WARPS * 32, 0, s>>>(
+                (T *)dinp.data, part, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
+                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS);
+    })));
+    CUDA_LAUNCH_CHECK("rmsnorm_bwd_v2_kernel");
+    if (part) {
+        rmsnorm_dw_final_v2_kernel<<<(unsigned)((d + 31) / 32), dim3(32, 32), 0, s>>>((float *)dw.data, part, (int)d,
+                                                                                     (int)nb);
+        CUDA_LAUNCH_CHECK("rmsnorm_dw_final_v2_kernel");
+    }
+    return true;
 }

@@ -6,6 +6,14 @@
 
 enum { ROPE_THREADS = 256 };
 
+// The v2 forms (DSV3_MEMOPS, end of file), after the checks; false: not selected or not applicable (v1 runs).
+static bool rope_apply_v2(Tensor x, int64_t col, int64_t rope_dim, Tensor cos, Tensor sin, int T, int inverse,
+                          int64_t N, int64_t H, int64_t stride);
+static bool kv_assemble_v2(Tensor k, Tensor v, Tensor kv, Tensor k_rope, int nope, int rope, int dv, int64_t N,
+                           int64_t H);
+static bool kv_assemble_backward_v2(Tensor dkv, Tensor dk_rope, Tensor dk, Tensor dv, int nope, int rope, int dv_dim,
+                                    int64_t N, int64_t H);
+
 // x (N, H, stride): pair i of head h of token n rotates by the angle of position n % T.
 template <typename T>
 __global__ void rope_kernel(T *x, int64_t N, int64_t H, int64_t stride, int64_t col, int64_t half, const float *cosv,
@@ -40,7 +48,7 @@ extern "C" void cuda_rope_apply(Tensor x, int64_t col, int64_t rope_dim, Tensor 
     cpu_expect(op, "cos", &cos, cos.shape[1], half, "columns (rope_dim / 2)");
     if (cos.shape[0] < T)
         die("%s: cos/sin tables have %lld positions, fewer than T = %d", op, (long long)cos.shape[0], T);
-    if (N == 0) return;
+    if (N == 0 || rope_apply_v2(x, col, rope_dim, cos, sin, T, inverse, N, H, stride)) return;
     cudaStream_t s = cuda_stream();
     DISPATCH_FLOAT(x.dtype, TT, {
         rope_kernel<TT><<<cuda_grid(N * H * half, ROPE_THREADS), ROPE_THREADS, 0, s>>>(
@@ -154,7 +162,7 @@ extern "C" void cuda_mla_kv_assemble(Tensor k, Tensor v, Tensor kv, Tensor k_rop
     int64_t N, H;
     kv_shapes(op, &k, &v, &kv, &k_rope, nope, rope, dv, &N, &H);
     int64_t total = N * H * (nope + rope + dv);
-    if (total == 0) return;
+    if (total == 0 || kv_assemble_v2(k, v, kv, k_rope, nope, rope, dv, N, H)) return;
     cudaStream_t s = cuda_stream();
     const int64_t es = (int64_t)dtype_size(kv.dtype);
     if (cuda_rows16(k.data, nope * es) && cuda_rows16(v.data, rope * es) && cuda_rows16(kv.data, dv * es) &&
@@ -185,7 +193,7 @@ extern "C" void cuda_mla_kv_assemble_backward(Tensor dkv, Tensor dk_rope, Tensor
     int64_t N, H;
     kv_shapes(op, &dk, &dv, &dkv, &dk_rope, nope, rope, dv_dim, &N, &H);
     int64_t total = N * H * (nope + dv_dim) + N * rope;
-    if (total == 0) return;
+    if (total == 0 || kv_assemble_backward_v2(dkv, dk_rope, dk, dv, nope, rope, dv_dim, N, H)) return;
     cudaStream_t s = cuda_stream();
     const int64_t es = (int64_t)dtype_size(dkv.dtype);
     if (cuda_rows16(dkv.data, nope * es) && cuda_rows16(dk.data, rope * es) && cuda_rows16(dv.data, dv_dim * es)) {
@@ -207,4 +215,122 @@ extern "C" void cuda_mla_kv_assemble_backward(Tensor dkv, Tensor dk_rope, Tensor
             (T *)dkv.data, (T *)dk_rope.data, (const T *)dk.data, (const T *)dv.data, N, H, nope, rope, dv_dim);
     });
     CUDA_LAUNCH_CHECK("kv_assemble_bwd_kernel");
+}
+
+// ---- v2 (DSV3_MEMOPS): one thread per 16-byte unit, 32-bit index arithmetic (the callers check the counts) ----
+
+// RoPE: thread i = (token, head) row nh, unit u of 8 elements (4 pairs) of its rope part; cos/sin as float4.
+template <typename T>
+__global__ void rope_v2_kernel(T *x, unsigned NH, unsigned H, unsigned upr, int64_t stride, int64_t col, int64_t half,
+                               const float *cosv, const float *sinv, unsigned T_, float sign) {
+    const unsigned total = NH * upr;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const unsigned nh = i / upr, u = i - nh * upr, pos = (nh / H) % T_;
+        T *q = x + (int64_t)nh * stride + col + 8 * u;
+        const float4 c4 = *(const float4 *)(cosv + (int64_t)pos * half + 4 * u);
+        const float4 s4 = *(const float4 *)(sinv + (int64_t)pos * half + 4 * u);
+        const float c[4] = {c4.x, c4.y, c4.z, c4.w};
+        const float s[4] = {sign * s4.x, sign * s4.y, sign * s4.z, sign * s4.w};
+        float v[8], o[8];
+        ld8(q, v);
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            const float x0 = v[2 * p], x1 = v[2 * p + 1];
+            o[2 * p] = __fsub_rn(__fmul_rn(x0, c[p]), __fmul_rn(x1, s[p]));
+            o[2 * p + 1] = __fadd_rn(__fmul_rn(x0, s[p]), __fmul_rn(x1, c[p]));
+        }
+        st8(q, o);
+    }
+}
+
+// k/v assembly: thread i = (token, head) row nh, 16-byte unit c of [k row ; v row] (unope + urope + udv units).
+__global__ void kv_assemble_v2_kernel(uint4 *k, uint4 *v, const uint4 *kv, const uint4 *k_rope, unsigned NH,
+                                      unsigned H, unsigned unope, unsigned urope, unsigned udv) {
+    const unsigned uk = unope + urope, ukv = unope + udv, urow = uk + udv, total = NH * urow;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const unsigned nh = i / urow, c = i - nh * urow;
+        if (c < unope) k[(size_t)nh * uk + c] = kv[(size_t)nh * ukv + c];
+        else if (c < uk) k[(size_t)nh * uk + c] = k_rope[(size_t)(nh / H) * urope + (c - unope)];
+        else v[(size_t)nh * udv + (c - uk)] = kv[(size_t)nh * ukv + unope + (c - uk)];
+    }
+}
+
+// Backward in one launch: threads [0, NH * ukv) copy dkv's 16-byte units from dk's nope part and dv; the next
+// N * (rope / 8) threads each sum one 8-element unit of dk's rope part over the heads, in head order from 0.0f with
+// explicit rounding (v1's sums). Element offsets: nope, rope, dv are multiples of 8 (checked by the caller).
+template <typename T>
+__global__ void kv_assemble_bwd_v2_kernel(uint4 *dkv, T *dk_rope, const uint4 *dk, const uint4 *dv, const T *dk_el,
+                                          unsigned NH, unsigned N, unsigned H, unsigned unope, unsigned urope,
+                                          unsigned udv, int nope, int rope) {
+    const unsigned uk = unope + urope, ukv = unope + udv, n1 = NH * ukv, r8 = (unsigned)rope / 8;
+    const unsigned total = n1 + N * r8;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        if (i < n1) {
+            const unsigned nh = i / ukv, c = i - nh * ukv;
+            dkv[i] = c < unope ? dk[(size_t)nh * uk + c] : dv[(size_t)nh * udv + (c - unope)];
+        } else {
+            const unsigned i2 = i - n1, n = i2 / r8, u = i2 - n * r8;
+            const int64_t dkd = nope + rope;
+            const T *src = dk_el + (int64_t)n * H * dkd + nope + 8 * u;
+            float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+            for (unsigned h = 0; h < H; h++) {
+                float y[8];
+                ld8(src + (int64_t)h * dkd, y);
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[e] = __fadd_rn(acc[e], y[e]);
+            }
+            st8(dk_rope + (int64_t)n * rope + 8 * u, acc);
+        }
+    }
+}
+
+static bool rope_apply_v2(Tensor x, int64_t col, int64_t rope_dim, Tensor cos, Tensor sin, int T, int inverse,
+                          int64_t N, int64_t H, int64_t stride) {
+    if (!cuda_memops_v2("rope_apply") || !cuda_vec8_ok(rope_dim, x.data, cos.data, sin.data) || col % 8 ||
+        stride % 8 || N * H * (rope_dim / 8) > INT32_MAX)
+        return false;
+    const unsigned upr = (unsigned)(rope_dim / 8);
+    DISPATCH_FLOAT(x.dtype, TT, {
+        rope_v2_kernel<TT><<<cuda_grid(N * H * upr, ROPE_THREADS), ROPE_THREADS, 0, cuda_stream()>>>(
+            (TT *)x.data, (unsigned)(N * H), (unsigned)H, upr, stride, col, rope_dim / 2, (const float *)cos.data,
+            (const float *)sin.data, (unsigned)T, inverse ? -1.0f : 1.0f);
+    });
+    CUDA_LAUNCH_CHECK("rope_v2_kernel");
+    return true;
+}
+
+static bool kv_assemble_v2(Tensor k, Tensor v, Tensor kv, Tensor k_rope, int nope, int rope, int dv, int64_t N,
+                           int64_t H) {
+    const int64_t es = (int64_t)dtype_size(kv.dtype);
+    // 16-byte units in every row (v1's rows16 condition) and 32-bit unit counts
+    if (!cuda_memops_v2("mla_kv_assemble") || !cuda_rows16(k.data, nope * es) || !cuda_rows16(v.data, rope * es) ||
+        !cuda_rows16(kv.data, dv * es) || !cuda_rows16(k_rope.data, 16) ||
+        N * H * ((nope + rope + dv) * es / 16) > INT32_MAX)
+        return false;
+    const unsigned unope = (unsigned)(nope * es / 16), urope = (unsigned)(rope * es / 16), udv = (unsigned)(dv * es / 16);
+    kv_assemble_v2_kernel<<<cuda_grid(N * H * (unope + urope + udv), 256), 256, 0, cuda_stream()>>>(
+        (uint4 *)k.data, (uint4 *)v.data, (const uint4 *)kv.data, (const uint4 *)k_rope.data, (unsigned)(N * H),
+        (unsigned)H, unope, urope, udv);
+    CUDA_LAUNCH_CHECK("kv_assemble_v2_kernel");
+    return true;
+}
+
+static bool kv_assemble_backward_v2(Tensor dkv, Tensor dk_rope, Tensor dk, Tensor dv, int nope, int rope, int dv_dim,
+                                    int64_t N, int64_t H) {
+    const int64_t es = (int64_t)dtype_size(dkv.dtype);
+    if (!cuda_memops_v2("mla_kv_assemble_backward") || nope % 8 || rope % 8 || dv_dim % 8 ||
+        !cuda_vec8_ok(0, dkv.data, dk_rope.data, dk.data, dv.data) ||
+        N * H * ((nope + dv_dim) * es / 16) + N * (rope / 8) > INT32_MAX)
+        return false;
+    const unsigned unope = (unsigned)(nope * es / 16), urope = (unsigned)(rope * es / 16);
+    const unsigned udv = (unsigned)(dv_dim * es / 16);
+    const int64_t total = N * H * (unope + udv) + N * (rope / 8);
+    DISPATCH_FLOAT(dkv.dtype, T, {
+        kv_assemble_bwd_v2_kernel<T><<<cuda_grid(total, 256), 256, 0, cuda_stream()>>>(
+            (uint4 *)dkv.data, (T *)dk_rope.data, (const uint4 *)dk.data, (const uint4 *)dv.data, (const T *)dk.data,
+            (unsigned)(N * H), (unsigned)N, (unsigned)H, unope, urope, udv, nope, rope);
+    });
+    CUDA_LAUNCH_CHECK("kv_assemble_bwd_v2_kernel");
+    return true;
 }
