@@ -2,11 +2,12 @@
 // multiples of 16, D <= 192 (MLA: 128 nope + 64 rope) and DV <= 128. cuda_attention.cu dispatches here and keeps its
 // FP32 CUDA-core kernels for F32 tensors and other shapes.
 //
-// Two kernel sets behind the same entry points (attn_tc_forward / attn_tc_backward, at the end of this file): the
-// first set below ("v1", 4-warp CTAs, run-time head dims: any supported dims) and the second in
-// cuda_attention_tc2.cu ("v2", 8-warp CTAs, compile-time head dims: the pairs attn_tc2_supported lists, MLA's
-// 192/128 among them; 2.9x v1's backward on an H100). v2 is the default where it applies; DSV3_ATTN_FWD=v1 and
-// DSV3_ATTN_BWD=v1 select v1 (for A/B runs and as a fallback).
+// Three kernel sets behind the same entry points (attn_tc_forward / attn_tc_backward, at the end of this file): the
+// first set below ("v1", 4-warp CTAs, run-time head dims: any supported dims), the second in cuda_attention_tc2.cu
+// ("v2", 8-warp CTAs, compile-time head dims: the pairs attn_tc2_supported lists, MLA's 192/128 among them; 2.9x
+// v1's backward on an H100) and the third in cuda_attention_wg.cu ("wg", Hopper wgmma warpgroup MMAs, the pairs
+// attn_wg_supported lists). v2 is the default where it applies; DSV3_ATTN_FWD=v1|wg and DSV3_ATTN_BWD=v1|wg select
+// the others (for A/B runs and as a fallback).
 //
 // Math: mma.sync.m16n8k16 BF16 x BF16 -> FP32 (warp-level tensor-core MMA; not wgmma), operands from shared memory
 // through ldmatrix (.trans for the operands whose contraction runs along the rows of a row-major tile). Scores,
@@ -24,6 +25,7 @@
 // the diagonal (recomputing P^T = exp(S^T - lse) from K Q^T and dP^T from V dO^T); dQ kernel: a CTA per 64 queries
 // loops over the key tiles up to the diagonal. No atomics: deterministic, like the FP32 path.
 #include "kernels/cuda/cuda_attention_tc_impl.cuh"
+#include "kernels/cuda/cuda_attention_wg.cuh"
 
 #include <stdlib.h>
 #include <string.h>
@@ -378,14 +380,17 @@ void tc_set_smem(void) {
 
 } // namespace
 
-// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 (unset: v2) pick the kernel set; read at every call (one getenv beside a
-// kernel launch) so that a test or benchmark can A/B both in one process. v2 covers the head dims that
-// attn_tc2_supported lists; other dims take v1 either way.
+// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 | wg (unset: v2) pick the kernel set; read at every call (one getenv beside
+// a kernel launch) so that a test or benchmark can A/B them in one process. wg (Hopper wgmma: cuda_attention_wg.cu)
+// covers the head dims attn_wg_supported lists, v2 those attn_tc2_supported lists; a set that does not take the head
+// dims falls back to the next older one (wg -> v2 -> v1).
+enum { ATTN_V1 = 1, ATTN_V2 = 2, ATTN_WG = 3 };
 static int attn_tc_version(const char *var) {
     const char *e = getenv(var);
-    if (!e || !*e || !strcmp(e, "v2")) return 2;
-    if (!strcmp(e, "v1")) return 1;
-    die("%s=%s: expected v1 or v2", var, e);
+    if (!e || !*e || !strcmp(e, "v2")) return ATTN_V2;
+    if (!strcmp(e, "v1")) return ATTN_V1;
+    if (!strcmp(e, "wg")) return ATTN_WG;
+    die("%s=%s: expected v1, v2 or wg", var, e);
 }
 
 bool attn_tc_supported(int D, int DV, const void *const *ptrs, int nptrs) {
@@ -397,7 +402,12 @@ bool attn_tc_supported(int D, int DV, const void *const *ptrs, int nptrs) {
 
 void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T_, int H, int D,
                      int DV, float scale, cudaStream_t s) {
-    if (attn_tc_version("DSV3_ATTN_FWD") == 2 && attn_tc2_supported(D, DV)) {
+    const int ver = attn_tc_version("DSV3_ATTN_FWD");
+    if (ver == ATTN_WG && attn_wg_supported(D, DV)) {
+        attn_wg_forward(out, lse, q, k, v, B, T_, H, D, DV, scale, s);
+        return;
+    }
+    if (ver >= ATTN_V2 && attn_tc2_supported(D, DV)) {
         attn_tc2_forward(out, lse, q, k, v, B, T_, H, D, DV, scale, s);
         return;
     }
@@ -411,7 +421,8 @@ void attn_tc_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k
                       const float *lse, const float *Dr, int B, int T_, int H, int D, int DV, float scale,
                       cudaStream_t s) {
     // v2 indexes lse and Dr (B, H, T) with 32-bit offsets (a register fewer in its dK/dV loop)
-    if (attn_tc_version("DSV3_ATTN_BWD") == 2 && attn_tc2_supported(D, DV) && (int64_t)B * H * T_ <= INT32_MAX) {
+    // (wg: the wgmma backward is not written yet; it runs v2)
+    if (attn_tc_version("DSV3_ATTN_BWD") >= ATTN_V2 && attn_tc2_supported(D, DV) && (int64_t)B * H * T_ <= INT32_MAX) {
         attn_tc2_backward(dq, dk, dv, q, k, v, dout, lse, Dr, B, T_, H, D, DV, scale, s);
         return;
     }

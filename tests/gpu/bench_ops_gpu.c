@@ -161,11 +161,12 @@ static void attn_bwd(void *c) {
     G->attention_backward(a->dq, a->dk, a->dv, a->dout, a->q, a->k, a->v, a->out, a->lse, a->scale);
 }
 
-// ver: the tensor-core kernel set for BF16 (1 or 2: DSV3_ATTN_FWD / DSV3_ATTN_BWD), 0 for F32.
+// ver: the tensor-core kernel set for BF16 (1 v1, 2 v2, 3 wg: DSV3_ATTN_FWD / DSV3_ATTN_BWD), 0 for F32.
 static void bench_attention(int B, int T, int H, int D, int DV, DType dt, int ver) {
+    static const char *const names[4] = {"", "v1", "v2", "wg"};
     if (ver) {
-        setenv("DSV3_ATTN_FWD", ver == 1 ? "v1" : "v2", 1);
-        setenv("DSV3_ATTN_BWD", ver == 1 ? "v1" : "v2", 1);
+        setenv("DSV3_ATTN_FWD", names[ver], 1);
+        setenv("DSV3_ATTN_BWD", names[ver], 1);
     }
     AttnCtx a;
     int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV;
@@ -185,7 +186,7 @@ static void bench_attention(int B, int T, int H, int D, int DV, DType dt, int ve
     double tf = time_it(attn_fwd, &a), tb = time_it(attn_bwd, &a);
     printf("attention %-4s %-2s B %d T %d H %d D %d DV %d | fwd %8.3f ms %6.1f TFLOP/s | bwd %8.3f ms %6.1f TFLOP/s | "
            "fwd+bwd %6.1f TFLOP/s\n",
-           dt == DT_BF16 ? "bf16" : "f32", ver == 1 ? "v1" : ver == 2 ? "v2" : "", B, T, H, D, DV, tf * 1e3, ff / tf * 1e-12, tb * 1e3, fb / tb * 1e-12,
+           dt == DT_BF16 ? "bf16" : "f32", names[ver], B, T, H, D, DV, tf * 1e3, ff / tf * 1e-12, tb * 1e3, fb / tb * 1e-12,
            (ff + fb) / (tf + tb) * 1e-12);
     G->free(a.q.data), G->free(a.k.data), G->free(a.v.data), G->free(a.dout.data), G->free(a.out.data);
     G->free(a.lse.data), G->free(a.dq.data), G->free(a.dk.data), G->free(a.dv.data);
@@ -210,11 +211,13 @@ int main(int argc, char **argv) {
         bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16);
         bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16);
     }
-    // BF16 attention on both tensor-core kernel sets (v1: the first, 4-warp kernels; v2: the default)
+    // BF16 attention on the tensor-core kernel sets (v1: the first, 4-warp kernels; v2: the default; wg: Hopper wgmma)
     bench_attention(4, 4096, 12, 192, 128, DT_BF16, 1);
     bench_attention(4, 4096, 12, 192, 128, DT_BF16, 2);
+    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 3);
     bench_attention(4, 4096, 12, 192, 128, DT_F32, 0);
     bench_attention(1, 4096, 12, 192, 128, DT_BF16, 1);
     bench_attention(1, 4096, 12, 192, 128, DT_BF16, 2);
+    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 3);
     return 0;
 }

@@ -82,18 +82,20 @@ TEST(gpu_mla_kv_assemble_exact) {
     GT_EXACT("kv_assemble_bwd dk_rope (head sum)", gt_host(d_dkr, N * rope, DT_F32), dkr, N * rope);
 }
 
-// The tensor-core kernel sets (DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2; cuda_attention_tc.cu). v2 is instantiated
-// for these head dims (cuda_attention_tc2.cu: TC2_DIMS); other tensor-core dims run v1 under either setting.
+// The tensor-core kernel sets (DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 | wg; cuda_attention_tc.cu). v2 and wg (the
+// Hopper wgmma kernels) are instantiated for these head dims (cuda_attention_tc2.cu: TC2_DIMS, cuda_attention_wg.cu:
+// WG_DIMS); other tensor-core dims run v1 under every setting.
 static int tc2_dims(int D, int DV) { return (D == 192 && DV == 128) || (D == 128 && DV == 128) || (D == 64 && DV == 64); }
 
+static const char *const attn_version_names[4] = {"", "v1", "v2", "wg"};
 static void attn_set_version(int ver) {
-    setenv("DSV3_ATTN_FWD", ver == 1 ? "v1" : "v2", 1);
-    setenv("DSV3_ATTN_BWD", ver == 1 ? "v1" : "v2", 1);
+    setenv("DSV3_ATTN_FWD", attn_version_names[ver], 1);
+    setenv("DSV3_ATTN_BWD", attn_version_names[ver], 1);
 }
 
 // Forward and backward of one shape; the backward of both backends starts from the cpu's out and lse, so both
-// differentiate the same forward. Tensor-core shapes with a v2 kernel run both kernel sets against the one cpu
-// reference.
+// differentiate the same forward. Tensor-core shapes with v2 / wg kernels run all three kernel sets (wg first)
+// against the one cpu reference, each into freshly poisoned outputs.
 static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
     const int64_t nq = (int64_t)B * T * H * D, nv = (int64_t)B * T * H * DV, nl = (int64_t)B * H * T;
     const float scale = 1.0f / sqrtf((float)D);
@@ -112,7 +114,7 @@ static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
                           tensor_4d(v, DT_F32, B, T, H, DV), tensor_4d(outr, DT_F32, B, T, H, DV),
                           tensor_3d(lse, DT_F32, B, H, T), scale);
     const int tc = bf && D % 16 == 0 && DV % 16 == 0 && D <= 192 && DV <= 128; // the cuda dispatch rule
-    const int nver = tc && tc2_dims(D, DV) ? 2 : 1;
+    const int nver = tc && tc2_dims(D, DV) ? 3 : 1;
     void *d_q = gt_dev(q, nq, dt), *d_k = gt_dev(k, nq, dt), *d_v = gt_dev(v, nv, dt);
     void *d_o2 = gt_dev(outr, nv, dt), *d_l2 = gt_dev(lse, nl, DT_F32), *d_do = gt_dev(dout, nv, dt);
     Tensor tq = tensor_4d(d_q, dt, B, T, H, D), tk = tensor_4d(d_k, dt, B, T, H, D), tv = tensor_4d(d_v, dt, B, T, H, DV);
@@ -123,7 +125,7 @@ static void check_attention(int B, int T, int H, int D, int DV, DType dt) {
         const double frt = tc ? 2e-2 : bf ? 1e-2 : 1e-4, fat = tc ? 2e-2 : bf ? 1e-2 : 1e-5;
         char what[160];
         snprintf(what, sizeof what, "attn B%d T%d H%d D%d DV%d %s%s out", B, T, H, D, DV,
-                 tc ? "bf16 tensor-core" : bf ? "bf16" : "f32", !tc ? "" : ver == 1 ? " v1" : " v2");
+                 tc ? "bf16 tensor-core " : bf ? "bf16" : "f32", tc ? attn_version_names[ver] : "");
         GT_CLOSE(what, gt_host(d_out, nv, dt), out, nv, frt, fat);
         GT_CLOSE("attn lse", gt_host(d_lse, nl, DT_F32), lse, nl, tc ? 1e-4 : 1e-5, 1e-6);
 
@@ -165,10 +167,12 @@ TEST(gpu_attention_bf16) {
     check_attention(2, 128, 4, 24, 16, DT_BF16);   // configs/tiny.yaml's attention (qk 16 + 8, v 16): FP32 kernels
 }
 
-// The tensor-core kernels, both sets (v2: 128-row CTA tiles, 64-row streamed tiles): MLA head dims at T 4096 (32
-// full 128-row tiles, the causal diagonal in every CTA), an odd T (1000: the last 128-row tile holds 104 rows, the
-// last 64-row tile 40; cp.async zero-fills the rest), T = 1, T below one 64-row tile (37) and between one and two
-// (100), B and H > 1 everywhere, the other v2 instantiations (128/128, 64/64) and dims that only v1 takes.
+// The tensor-core kernels, all sets (v2: 128-row CTA tiles, 64-row streamed tiles; wg: 128 queries x 128-key tiles):
+// MLA head dims at T 4096 (32 full 128-row tiles, the causal diagonal in every CTA), an odd T (1000: the last
+// 128-row tile holds 104 rows, the last 64-row tile 40; cp.async zero-fills the rest), T = 1, T below one 64-row
+// tile (37), between one and two (100), one row past a 128-row tile (129: a second key tile of one key, so the
+// pipelines' prologue, steady state and tail all run), B and H > 1 everywhere, the other v2 / wg instantiations
+// (128/128, 64/64) and dims that only v1 takes.
 TEST(gpu_attention_bf16_tensor_core) {
     gt_init(36);
     check_attention(1, 4096, 2, 192, 128, DT_BF16);
@@ -176,6 +180,8 @@ TEST(gpu_attention_bf16_tensor_core) {
     check_attention(3, 1, 2, 192, 128, DT_BF16);
     check_attention(2, 37, 3, 192, 128, DT_BF16);
     check_attention(2, 100, 2, 192, 128, DT_BF16);
+    check_attention(2, 129, 2, 192, 128, DT_BF16);
+    check_attention(1, 520, 2, 128, 128, DT_BF16);
     check_attention(1, 37, 1, 128, 128, DT_BF16);
     check_attention(2, 250, 3, 64, 64, DT_BF16);
     check_attention(1, 129, 2, 16, 16, DT_BF16);
@@ -193,7 +199,7 @@ TEST(gpu_attention_bf16_deterministic) {
     Tensor tq = tensor_4d(d_q, DT_BF16, B, T, H, D), tk = tensor_4d(d_k, DT_BF16, B, T, H, D);
     Tensor tv = tensor_4d(d_v, DT_BF16, B, T, H, DV), to = tensor_4d(d_out, DT_BF16, B, T, H, DV);
     Tensor tl = tensor_3d(d_lse, DT_F32, B, H, T), tdo = tensor_4d(d_do, DT_BF16, B, T, H, DV);
-    for (int ver = 1; ver <= 2; ver++) {
+    for (int ver = 1; ver <= 3; ver++) {
         attn_set_version(ver);
         G->attention_forward(to, tl, tq, tk, tv, 1.0f / sqrtf((float)D));
         float *first[3] = {NULL, NULL, NULL};
@@ -209,7 +215,7 @@ TEST(gpu_attention_bf16_deterministic) {
                 if (rep == 0) first[i] = h;
                 else {
                     char what[64];
-                    snprintf(what, sizeof what, "attn v%d %s run 2 vs run 1", ver, names[i]);
+                    snprintf(what, sizeof what, "attn %s %s run 2 vs run 1", attn_version_names[ver], names[i]);
                     GT_EXACT(what, h, first[i], n[i]);
                     free(h), free(first[i]);
                 }
@@ -233,7 +239,7 @@ static void bad_version(void *ctx) {
 }
 
 TEST(gpu_attention_rejects_bad_version) {
-    EXPECT_DIE(bad_version, NULL, "DSV3_ATTN_BWD=v3: expected v1 or v2");
+    EXPECT_DIE(bad_version, NULL, "DSV3_ATTN_BWD=v3: expected v1, v2 or wg");
 }
 
 static void bad_head_dim(void *ctx) {
