@@ -80,8 +80,8 @@ static void check_moe(int N, int K, int E, int d, DType dt, DType dt_out) {
         shuffle(pm, E);
         for (int k = 0; k < K; k++) idx[(int64_t)t * K + k] = pm[k];
     }
-    C->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(off, DT_I32, E + 1), off_h, NULL,
-                         tensor_2d(idx, DT_I32, N, K), E);
+    C->moe_dispatch_plan(tensor_1d(order, DT_I32, NK), tensor_1d(off, DT_I32, E + 1), off_h,
+                         tensor_1d(NULL, DT_I32, E), tensor_2d(idx, DT_I32, N, K), E);
     float *gates = ops_rand(NK, 1.0f), *x = ops_rand(nd, 1.0f), *ys = ops_rand(nkd, 1.0f), *dxs = ops_rand(nkd, 1.0f);
     float *o0 = ops_rand(nd, 1.0f), *dout = ops_rand(nd, 1.0f);
     if (dt == DT_BF16)
