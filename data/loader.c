@@ -34,6 +34,7 @@ struct Loader {
     uint64_t n_docs, n_tokens, stream_len, windows_per_epoch;
     uint32_t vocab_size, eos_id;
 
+    int shuffle_windows;           // windows too are visited in a seeded order (0: a state from before that rule)
     uint64_t cached_epoch;         // epoch whose order is in perm/cum (UINT64_MAX: none)
     uint64_t *perm;                // [n_docs] global document ids in stream order
     uint64_t *cum;                 // [n_docs + 1] stream offset of each ordered document (its EOS included)
@@ -110,6 +111,40 @@ void loader_epoch_order(const Loader *l, uint64_t epoch, uint64_t *perm) {
         perm[i] = perm[j];
         perm[j] = t;
     }
+}
+
+// The window order of an epoch: a bijection of [0, W) drawn from (seed, epoch), O(1) memory whatever W (V3-scale
+// runs have billions of windows). A balanced Feistel network of 6 rounds over the smallest even bit width 2h with
+// 2^2h >= W permutes [0, 2^2h); cycle walking (map again while the value is >= W) restricts it to [0, W), and each
+// walk ends because the values the network visits form a cycle through the starting index. Round function: the
+// splitmix64 finalizer of (right half, round key).
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+uint64_t loader_window_permute(uint64_t seed, uint64_t epoch, uint64_t W, uint64_t w) {
+    if (W < 2) return w;
+    int h = 1;
+    while (h < 32 && (1ULL << (2 * h)) < W) h++;
+    const uint64_t mask = (1ULL << h) - 1;
+    uint64_t x = seed ^ 0x5DEECE66DULL;
+    const uint64_t key = mix64(splitmix64(&x) ^ (epoch * 0x9E3779B97F4A7C15ULL) ^ 0xA0761D6478BD642FULL);
+    uint64_t i = w;
+    do {
+        uint64_t L = i >> h, R = i & mask;
+        for (uint64_t r = 0; r < 6; r++) {
+            uint64_t t = L ^ (mix64(R ^ (key + r * 0xE7037ED1A0B428DBULL)) & mask);
+            L = R;
+            R = t;
+        }
+        i = (L << h) | R;
+    } while (i >= W);
+    return i;
+}
+uint64_t loader_window_order(const Loader *l, uint64_t epoch, uint64_t w) {
+    if (!l->o.shuffle || !l->shuffle_windows) return w;
+    return loader_window_permute(l->o.seed, epoch, l->windows_per_epoch, w);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -232,9 +267,10 @@ static void ensure_epoch(Loader *l, uint64_t epoch) {
     l->cached_epoch = epoch;
 }
 
-// Writes global window g (row tokens) into out.
+// Writes global window g (row tokens) into out: the epoch's stream window at position g mod W of its window order.
 static void fetch_window(Loader *l, uint64_t g, uint32_t *out) {
-    uint64_t epoch = g / l->windows_per_epoch, start = (g % l->windows_per_epoch) * (uint64_t)l->o.seq_len;
+    uint64_t epoch = g / l->windows_per_epoch;
+    uint64_t start = loader_window_order(l, epoch, g % l->windows_per_epoch) * (uint64_t)l->o.seq_len;
     ensure_epoch(l, epoch);
     uint64_t lo = 0, hi = l->n_docs - 1;   // last ordered document with cum[k] <= start
     while (lo < hi) {
@@ -347,6 +383,7 @@ Loader *loader_open(const LoaderOptions *o) {
     l->perm = xmalloc(l->n_docs * sizeof(uint64_t));
     l->cum = xmalloc((l->n_docs + 1) * sizeof(uint64_t));
     l->cached_epoch = UINT64_MAX;
+    l->shuffle_windows = 1;
     if (o->prefetch > 0) l->ring = xmalloc((size_t)o->prefetch * l->batch_elems * sizeof(uint32_t));
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->not_full, NULL);
@@ -385,6 +422,7 @@ void loader_state_save(const Loader *l, LoaderState *st) {
     st->seq_len = l->o.seq_len;
     st->mtp_depth = l->o.mtp_depth;
     st->shuffle = l->o.shuffle;
+    st->window_order = l->shuffle_windows;
 }
 
 void loader_state_load(Loader *l, const LoaderState *st) {
@@ -401,6 +439,8 @@ void loader_state_load(Loader *l, const LoaderState *st) {
             (unsigned long long)st->seed, l->o.seq_len, l->o.mtp_depth, l->o.shuffle, (unsigned long long)l->o.seed);
     loader_stop_thread(l);
     l->pos = st->next_window;
+    // A state saved before windows were shuffled (window_order 0) resumes that run's order exactly.
+    l->shuffle_windows = st->window_order != 0;
     loader_start_thread(l);
 }
 

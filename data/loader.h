@@ -6,10 +6,13 @@
 // - Epoch e: a permutation of the documents (Fisher-Yates driven by xoshiro256** seeded from splitmix64(seed, e);
 //   the identity when shuffle is off). The documents are concatenated in that order, each FOLLOWED by the shards'
 //   eos_id, into one token stream of length L = n_tokens + n_docs (the same for every epoch).
-// - Window i of an epoch is stream[i*T, i*T + T + 1 + D): consecutive windows overlap by 1 + D tokens, so that the
-//   inputs (first T tokens) tile the stream and every position has its next-token (and MTP) targets. An epoch has
-//   W = floor((L - 1 - D) / T) windows; the tail that does not fill a window is dropped.
-// - Global window g (0, 1, 2, ... over the whole run) is window g % W of epoch g / W.
+// - Stream window j of an epoch is stream[j*T, j*T + T + 1 + D): consecutive windows overlap by 1 + D tokens, so
+//   that the inputs (first T tokens) tile the stream and every position has its next-token (and MTP) targets. An
+//   epoch has W = floor((L - 1 - D) / T) windows; the tail that does not fill a window is dropped.
+// - The windows of an epoch are visited in a seeded order too (loader_window_order, the identity when shuffle is
+//   off): without it a long document fills consecutive micro-batches, and a run sees, say, a hundred batches of one
+//   ASCII-art table in a row (tiny.yaml's loss jumped from 2.5 to 5.7 at step 205 on exactly that).
+// - Global window g (0, 1, 2, ... over the whole run) is window loader_window_order(g / W, g % W) of epoch g / W.
 // - Data parallel: each loader_next call consumes the next B * dp_size global windows; rank r gets windows
 //   [p + r*B, p + r*B + B) where p is the position before the call. The windows of one optimizer step (a number of
 //   micro-batches on every rank) are thus the same set for any dp_size and micro_batch with the same global batch,
@@ -42,7 +45,9 @@ typedef struct {
     uint64_t next_window;     // global window index of the next micro-batch (before the rank offset)
     uint64_t seed;            // shuffle seed, and the dataset's shape, checked on load
     uint64_t n_docs, n_tokens;
-    int32_t seq_len, mtp_depth, shuffle, pad_;
+    int32_t seq_len, mtp_depth, shuffle;
+    int32_t window_order;     // 1: windows visited in the seeded window order; 0: in stream order (states saved
+                              // before that rule, which resume in their own order)
 } LoaderState;
 #define LOADER_STATE_MAGIC 0x31745364616f4cULL   // "LoadSt1"
 
@@ -71,5 +76,10 @@ LoaderInfo loader_info(const Loader *l);
 uint64_t loader_position(const Loader *l);
 // Writes the document order of epoch e (a permutation of 0..n_docs-1) into perm[n_docs]: exposed for tests.
 void loader_epoch_order(const Loader *l, uint64_t epoch, uint64_t *perm);
+// The stream window visited at position w (< W) of epoch `epoch`: a bijection of [0, W) drawn from (seed, epoch);
+// the identity when shuffle is off.
+uint64_t loader_window_order(const Loader *l, uint64_t epoch, uint64_t w);
+// The permutation behind it: position w of [0, W) for (seed, epoch).
+uint64_t loader_window_permute(uint64_t seed, uint64_t epoch, uint64_t W, uint64_t w);
 
 #endif

@@ -116,21 +116,56 @@ TEST(loader_shuffle_is_a_seeded_permutation) {
     ASSERT(moved > 20);                // not the identity (a random permutation fixes ~1 point)
     ASSERT(same_next_epoch < 20);
     ASSERT(same_other_seed < 20);
-    // The stream follows the order: T = 2, D = 0 windows are stream[2i, 2i + 3) = {doc, EOS, next doc}.
-    // L = 80, W = 39: one batch of 20 windows covers documents 0..19 of the order, then 20..38 and epoch 1's first.
+    // The stream follows the order: T = 2, D = 0 stream windows are stream[2j, 2j + 3) = {doc, EOS, next doc}.
+    // L = 80, W = 39. Batch position i visits stream window j = loader_window_order(epoch, i): 39 of epoch 0, then
+    // epoch 1's first. The window order is a permutation of [0, 39) that moves windows.
     uint32_t got[2][60];
     loader_next(l, got[0]);
     loader_next(l, got[1]);
+    int wseen[39] = {0}, wmoved = 0;
     for (int i = 0; i < 40; i++) {
         const uint32_t *row = got[i / 20] + 3 * (i % 20);
-        uint64_t doc = i < 39 ? p0[i] : p1[0], next = i < 39 ? p0[i + 1] : p1[1];
+        uint64_t j = loader_window_order(l, i < 39 ? 0 : 1, i < 39 ? (uint64_t)i : 0);
+        ASSERT(j < 39);
+        if (i < 39) wseen[j]++, wmoved += j != (uint64_t)i;
+        uint64_t doc = i < 39 ? p0[j] : p1[j], next = i < 39 ? p0[j + 1] : p1[j + 1];
         ASSERT_EQ_INT(row[0], 100 + doc);
         ASSERT_EQ_INT(row[1], 1);
         ASSERT_EQ_INT(row[2], 100 + next);
     }
+    for (int j = 0; j < 39; j++) ASSERT_EQ_INT(wseen[j], 1);
+    ASSERT(wmoved > 20);
     loader_close(l);
     loader_close(l2);
     loader_close(l3);
+}
+
+// The window order is a bijection of [0, W) for any W (cycle walking over a Feistel network of the next even bit
+// width), deterministic in (seed, epoch), and different for another seed or epoch: checked exhaustively for small and
+// awkward sizes (one above a power of two, a power of four, 2^20 + 1).
+TEST(loader_window_order_is_a_seeded_bijection) {
+    static const uint64_t Ws[] = {1, 2, 3, 5, 39, 64, 1000, 4097, 65536, (1u << 20) + 1};
+    for (size_t wi = 0; wi < sizeof Ws / sizeof Ws[0]; wi++) {
+        const uint64_t W = Ws[wi];
+        unsigned char *seen = calloc(W, 1);
+        uint64_t moved = 0, same_epoch1 = 0, same_seed2 = 0;
+        for (uint64_t w = 0; w < W; w++) {
+            uint64_t j = loader_window_permute(1234, 0, W, w);
+            ASSERT_MSG(j < W, "W %llu: position %llu maps to %llu", (unsigned long long)W, (unsigned long long)w,
+                       (unsigned long long)j);
+            ASSERT_MSG(!seen[j], "W %llu: window %llu visited twice", (unsigned long long)W, (unsigned long long)j);
+            seen[j] = 1;
+            moved += j != w;
+            same_epoch1 += j == loader_window_permute(1234, 1, W, w);
+            same_seed2 += j == loader_window_permute(1235, 0, W, w);
+            ASSERT(j == loader_window_permute(1234, 0, W, w));
+        }
+        free(seen);
+        if (W >= 39) {   // a random permutation fixes ~1 point and agrees with another in ~1
+            ASSERT_MSG(moved > W / 2, "W %llu: only %llu windows moved", (unsigned long long)W, (unsigned long long)moved);
+            ASSERT(same_epoch1 < W / 4 && same_seed2 < W / 4);
+        }
+    }
 }
 
 // A shard of n_docs documents of varied lengths whose tokens are all distinct (id = 2 + running index).
@@ -179,17 +214,22 @@ TEST(loader_data_parallel_disjoint_and_covering) {
                            "layout dp=%d B=%d step %d differs from dp=1", dp, B, s);
         }
     }
-    // And the step sets are the consecutive windows of the stream: step 0 of dp = 1 unsorted is windows 0..15.
+    // And a step's set is the windows at positions 0..15 of the epoch's window order: step 0 of dp = 1, read as
+    // one batch of 16, is the same set; with shuffle off the same positions are stream windows 0..15, whose
+    // consecutive windows overlap by one token (1 + D).
     LoaderOptions o = opts("d.h5", 8, 0, 16);
     o.shuffle = 1;
     o.vocab_size = 1 << 20;
     Loader *l = loader_open(&o);
     uint32_t all[G * ROW];
     loader_next(l, all);
-    for (int i = 0; i + 1 < G; i++)   // consecutive windows overlap by one token (1 + D)
-        ASSERT_EQ_INT(all[i * ROW + 8], all[(i + 1) * ROW]);
     qsort(all, G, ROW * sizeof(uint32_t), cmp_rows);
     ASSERT(memcmp(all, step_rows[0][0], sizeof all) == 0);
+    loader_close(l);
+    o.shuffle = 0;
+    l = loader_open(&o);
+    loader_next(l, all);
+    for (int i = 0; i + 1 < G; i++) ASSERT_EQ_INT(all[i * ROW + 8], all[(i + 1) * ROW]);
     loader_close(l);
 }
 
@@ -225,6 +265,17 @@ TEST(loader_state_resume_is_exact_with_prefetch) {
         }
         loader_close(b);
     }
+    // A state saved before windows were shuffled (window_order 0) resumes in stream order: this rank's 4 windows of
+    // the next batch (global positions 96 + 4 .. 96 + 7: windows 4..7 of epoch 3, W = 32) are then consecutive
+    // stream windows, which overlap by one token.
+    ASSERT_EQ_INT(st.window_order, 1);
+    st.window_order = 0;
+    Loader *c = loader_open(&o);
+    loader_state_load(c, &st);
+    loader_next(c, buf);
+    for (int i = 0; i + 1 < 4; i++) ASSERT_EQ_INT(buf[i * ROW + 16], buf[(i + 1) * ROW]);
+    ASSERT_EQ_INT(loader_window_order(c, 3, 5), 5);
+    loader_close(c);
 }
 
 TEST(loader_rewind_restarts_validation_stream) {
