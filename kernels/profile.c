@@ -172,9 +172,9 @@ static void profiled_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
               g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
 }
 static void profiled_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor off,
-                                             const int32_t *off_h) {
+                                             const int32_t *off_h, int acc) {
     PROF_CALL(grouped_matmul_backward, ((dinp.data != NULL) + (dw.data != NULL)) * grouped_flops(w, off_h), 0,
-              g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h));
+              g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h, acc));
 }
 
 static void profiled_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps) {
