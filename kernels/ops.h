@@ -80,9 +80,10 @@ typedef struct Backend {
     // out (R, N) = inp (R, K) @ w[e] (E, N, K)^T per segment; offsets (E + 1) I32. offsets_host: a host copy of the
     // same values, or NULL (a backend whose kernel needs the table on the host then fetches it, and waits for it).
     void (*grouped_matmul_forward)(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
-    // dinp (R, K) = dout @ w[e] (overwrite); dw (E, N, K) += dout_seg^T @ inp_seg
+    // dinp (R, K) [+]= dout @ w[e] (accumulate_dinp: add onto dinp, else overwrite; rows outside every segment are
+    // not touched); dw (E, N, K) += dout_seg^T @ inp_seg. Either skipped when its data is NULL.
     void (*grouped_matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                    const int32_t *offsets_host);
+                                    const int32_t *offsets_host, int accumulate_dinp);
 
     // ---- normalization and elementwise ----
     // out (M, d) = inp * rstd * w;  rstd (M) F32 saved for backward; rstd = 1/sqrt(mean(inp^2) + eps)

@@ -182,9 +182,10 @@ static void profiled_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     PROF_CALL(grouped_matmul_forward, flops, 0, g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
 }
 static void profiled_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor off,
-                                             const int32_t *off_h) {
+                                             const int32_t *off_h, int acc) {
     const double flops = ((dinp.data != NULL) + (dw.data != NULL)) * grouped_flops(w, off, off_h);
-    PROF_CALL(grouped_matmul_backward, flops, 0, g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h));
+    PROF_CALL(grouped_matmul_backward, flops, 0,
+              g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h, acc));
 }
 
 static void profiled_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps) {

@@ -187,7 +187,6 @@ static void layout_all(Model *m, Arena *a) {
         bs->dgates = f32(a, N, K);
         bs->dys = act(a, N * K, d);
         bs->dxs = act(a, N * K, d);
-        bs->dxs2 = act(a, N * K, d);
         bs->dea = act(a, N * K, mi);
         bs->deg = act(a, N * K, mi);
         bs->deu = act(a, N * K, mi);

@@ -64,7 +64,7 @@ typedef struct {
     Tensor dfa, dfg, dfu;                    // (N, max(I, shared I)) raw (views take the width)
     Tensor dlogits, dscores, dgates;         // (N, E), (N, E), (N, K) F32
     Tensor dlogits_lp;                       // (N, E) dlogits in adt for the router's backward GEMM (F32: dlogits)
-    Tensor dys, dxs, dxs2;                   // (N*K, d)
+    Tensor dys, dxs;                         // (N*K, d)
     Tensor dea, deg, deu;                    // (N*K, mi)
     Tensor dcat, dtmp;                       // (N, 2d), (N, d) MTP
     Tensor demb;                             // (N, d) F32 MTP: gradient w.r.t. the embedding rows

@@ -104,15 +104,15 @@ void moe_recompute(Model *m, Layer *L) {
     if (L->ffn.width > 0) ffn_recompute(m->be, &L->ffn);
 }
 
-// dxs (N*K, d) = the gradient w.r.t. the dispatched rows, from dys (N*K, d).
+// dxs (N*K, d) = the gradient w.r.t. the dispatched rows, from dys (N*K, d): the gate projection's input gradient,
+// then the up projection's added onto it (accumulate_dinp: summed in FP32, rounded once).
 static void moe_experts_backward(Model *m, Layer *L) {
     const Backend *be = m->be;
     BackScratch *bs = &m->bs;
-    be->grouped_matmul_backward(bs->dea, L->exp_down.g, bs->dys, L->ea, L->exp_down.w, L->offsets, NULL);
+    be->grouped_matmul_backward(bs->dea, L->exp_down.g, bs->dys, L->ea, L->exp_down.w, L->offsets, NULL, 0);
     be->swiglu_backward(bs->deg, bs->deu, bs->dea, L->eg, L->eu);
-    be->grouped_matmul_backward(bs->dxs, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, NULL);
-    be->grouped_matmul_backward(bs->dxs2, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, NULL);
-    be->axpy(bs->dxs, bs->dxs2, 1.0f);
+    be->grouped_matmul_backward(bs->dxs, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, NULL, 0);
+    be->grouped_matmul_backward(bs->dxs, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, NULL, 1);
 }
 
 void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2) {

@@ -176,13 +176,31 @@ TEST(ops_grouped_matmul_forward_backward) {
     EXPECT_CLOSE("grouped out", out, want, R * N, 1e-5, 1e-6);
     cpu()->grouped_matmul_backward(tensor_2d(dx, DT_F32, R, K), tensor_3d(dw, DT_F32, E, N, K),
                                    tensor_2d(dy, DT_F32, R, N), tensor_2d(x, DT_F32, R, K),
-                                   tensor_3d(w, DT_F32, E, N, K), offs, off);
+                                   tensor_3d(w, DT_F32, E, N, K), offs, off, 0);
     double *gx = ops_fd_grad(grouped_loss, &c, c.x, R * K), *gw = ops_fd_grad(grouped_loss, &c, c.w, E * N * K);
     for (int i = 0; i < E * N * K; i++) gw[i] += dw0[i];
     EXPECT_CLOSE("grouped dinp (overwrite)", dx, gx, R * K, 1e-4, 1e-5);
     EXPECT_CLOSE("grouped dw (accumulated)", dw, gw, E * N * K, 1e-4, 1e-5);
     // The empty expert's dw is exactly what it was.
     ASSERT(memcmp(dw + 1 * N * K, dw0 + 1 * N * K, sizeof(float) * N * K) == 0);
+}
+
+// accumulate_dinp, on hand-computed numbers: E 2, rows [0, 1) and [1, 3) of R 4 (row 3 in no segment), N = K = 2.
+// dinp = dout @ w[e]: row 0 (1, 1) @ [[1, 2], [3, 4]] = (4, 6); row 1 (2, 0) @ [[0, 1], [1, 0]] = (0, 2);
+// row 2 (0, 3) @ [[0, 1], [1, 0]] = (3, 0). Onto 10 everywhere: added (accumulate 1) or replacing it (0); row 3
+// keeps its 10 either way.
+TEST(ops_grouped_matmul_backward_accumulate_dinp) {
+    int32_t off[3] = {0, 1, 3};
+    float w[8] = {1, 2, 3, 4, 0, 1, 1, 0}, dout[8] = {1, 1, 2, 0, 0, 3, 5, 5}, inp[8] = {0};
+    const float add[8] = {14, 16, 10, 12, 13, 10, 10, 10}, put[8] = {4, 6, 0, 2, 3, 0, 10, 10};
+    for (int acc = 0; acc < 2; acc++) {
+        float dinp[8];
+        for (int i = 0; i < 8; i++) dinp[i] = 10.0f;
+        cpu()->grouped_matmul_backward(tensor_2d(dinp, DT_F32, 4, 2), tensor_3d(NULL, DT_F32, 2, 2, 2),
+                                       tensor_2d(dout, DT_F32, 4, 2), tensor_2d(inp, DT_F32, 4, 2),
+                                       tensor_3d(w, DT_F32, 2, 2, 2), tensor_1d(off, DT_I32, 3), off, acc);
+        for (int i = 0; i < 8; i++) ASSERT_NEAR(dinp[i], (acc ? add : put)[i], 0, 0);
+    }
 }
 
 static void die_matmul_bad_k(void *unused) {

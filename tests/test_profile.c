@@ -74,7 +74,7 @@ TEST(profile_grouped_matmul_and_attention_flops) {
                                tensor_3d(w, DT_F32, E, GN, GK), toff, off);
     be->grouped_matmul_backward(tensor_2d(dx, DT_F32, R, GK), tensor_3d(dw, DT_F32, E, GN, GK),
                                 tensor_2d(y, DT_F32, R, GN), tensor_2d(x, DT_F32, R, GK),
-                                tensor_3d(w, DT_F32, E, GN, GK), toff, off);
+                                tensor_3d(w, DT_F32, E, GN, GK), toff, off, 0);
     ASSERT_EQ_INT(profile_get("grouped_matmul_forward").calls, 1);
     ASSERT(profile_get("grouped_matmul_forward").flops == 120.0);
     ASSERT(profile_get("grouped_matmul_backward").flops == 240.0);
@@ -300,7 +300,7 @@ static int expect_step(const Config *c, Expect *e) {
     PER_MICRO("rmsnorm_backward", norms, -1);
     PER_MICRO("swiglu_forward", (n_dense + n_moe * (1 + sh)) * (1 + rec), -1);
     PER_MICRO("swiglu_backward", n_dense + n_moe * (1 + sh), -1);
-    PER_MICRO("axpy", n_moe, -1);   // the gate and up experts' input gradients summed
+    PER_MICRO("axpy", 0, -1);   // none: the up experts' input gradient accumulates onto the gate's (accumulate_dinp)
     PER_MICRO("copy_cols", Lb * 4 + D * (4 + 2 * rec), -1);
     PER_MICRO("rope_apply", Lb * (4 + rec), -1);
     PER_MICRO("mla_kv_assemble", Lb * (1 + rec), -1);

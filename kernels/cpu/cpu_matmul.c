@@ -201,7 +201,7 @@ void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets
 }
 
 void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                 const int32_t *offsets_host) {
+                                 const int32_t *offsets_host, int accumulate_dinp) {
     const char *op = "grouped_matmul_backward";
     cpu_need(op, "dout", &dout, DT_F32, 2);
     cpu_need(op, "inp", &inp, DT_F32, 2);
@@ -224,7 +224,8 @@ void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
         if (rows <= 0) continue;
-        if (dinp.data) gemm_nn((float *)dinp.data + r0 * K, K, g + r0 * N, N, wd + e * N * K, K, rows, N, K, 0);
+        if (dinp.data)
+            gemm_nn((float *)dinp.data + r0 * K, K, g + r0 * N, N, wd + e * N * K, K, rows, N, K, accumulate_dinp);
         if (dw.data) gemm_tn_acc((float *)dw.data + e * N * K, K, g + r0 * N, N, x + r0 * K, K, rows, N, K);
     }
 }

@@ -42,7 +42,7 @@ void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
 void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                 const int32_t *offsets_host);
+                                 const int32_t *offsets_host, int accumulate_dinp);
 
 // ---- normalization (cpu_norm.c) and elementwise (cpu_elementwise.c) ----
 void cpu_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);

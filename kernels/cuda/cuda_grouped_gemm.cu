@@ -1,6 +1,6 @@
 // BF16 grouped (MoE expert) GEMMs on Hopper: one launch per product for all experts, FP32 accumulation.
 //   sm90_bf16_grouped_gemm_nt     out  (R, N)  = inp (R, K) @ w[e] (N, K)^T    per segment (forward)
-//   sm90_bf16_grouped_gemm_nn     dinp (R, K)  = dout (R, N) @ w[e] (N, K)     per segment (input gradient)
+//   sm90_bf16_grouped_gemm_nn     dinp (R, K) (+)= dout (R, N) @ w[e] (N, K)   per segment (input gradient)
 //   sm90_bf16_grouped_gemm_tn_dw  dw[e] (N, K) += dout_seg^T @ inp_seg          (weight gradient, F32, deterministic)
 // Expert e owns rows [offsets[e], offsets[e + 1]) of inp/out/dout/dinp. Only the DEVICE offsets are read.
 //
@@ -26,8 +26,10 @@
 //
 // Bad device offsets (not starting at 0, decreasing, or past R) cannot make a kernel read or write outside the
 // tensors: segments are clamped to [0, R] and to be non-decreasing; block 0 records the first bad entry in the
-// device error record, and the next host sync dies naming it (cuda_check_device_errors).
+// device error record, and the next host sync dies naming it (cuda_check_device_errors). The segment-table helpers
+// are in cuda_grouped_gemm.cuh (shared with the wgmma kernels of cuda_grouped_gemm_wg.cu).
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_grouped_gemm.cuh"
 #include "kernels/cuda/cuda_mma.cuh"
 
 #include <limits.h>
@@ -172,14 +174,37 @@ __device__ __forceinline__ void store2(float *p, float x, float y) { *reinterpre
 __device__ __forceinline__ void store2(bf16 *p, float x, float y) {
     *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
 }
+__device__ __forceinline__ float2 load2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
+__device__ __forceinline__ float2 load2(const bf16 *p) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(p));
+}
 
-// Writes (ACC: adds into; F32 only) the CTA's tile: rows [r0, r0 + BM) below r_end, columns [c0, c0 + BN) below
-// c_end (a multiple of 8, so a thread's column pair is all in or all out) of the row-major c with row stride ld.
+// Writes (ACC: adds into, in FP32, then rounds to OutT) the CTA's tile: rows [r0, r0 + BM) below r_end, columns
+// [c0, c0 + BN) below c_end (a multiple of 8, so a thread's column pair is all in or all out) of the row-major c with
+// row stride ld. ACC loads all the old values first (into acc, dead afterwards), so that the loads are not
+// serialized behind stores the compiler cannot prove disjoint from them.
 template <class T, bool ACC, typename OutT>
-__device__ __forceinline__ void store_tile(OutT *c, int64_t ld, const float (&acc)[T::MI][T::NI][4], int r0,
-                                           int r_end, int c0, int c_end) {
+__device__ __forceinline__ void store_tile(OutT *c, int64_t ld, float (&acc)[T::MI][T::NI][4], int r0, int r_end,
+                                           int c0, int c_end) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int wr = r0 + (warp / T::WARPS_N) * T::WTM, wc = c0 + (warp % T::WARPS_N) * T::WTN;
+    if constexpr (ACC) {
+#pragma unroll
+        for (int mi = 0; mi < T::MI; mi++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = wr + 16 * mi + 8 * h + g;
+                if (r >= r_end) continue;
+                const OutT *row = c + (int64_t)r * ld;
+#pragma unroll
+                for (int ni = 0; ni < T::NI; ni++) {
+                    const int col = wc + 8 * ni + 2 * tq;
+                    if (col >= c_end) continue;
+                    const float2 old = load2(row + col);
+                    acc[mi][ni][2 * h] += old.x, acc[mi][ni][2 * h + 1] += old.y;
+                }
+            }
+    }
 #pragma unroll
     for (int mi = 0; mi < T::MI; mi++)
 #pragma unroll
@@ -191,65 +216,9 @@ __device__ __forceinline__ void store_tile(OutT *c, int64_t ld, const float (&ac
             for (int ni = 0; ni < T::NI; ni++) {
                 const int col = wc + 8 * ni + 2 * tq;
                 if (col >= c_end) continue;
-                float x = acc[mi][ni][2 * h], y = acc[mi][ni][2 * h + 1];
-                if constexpr (ACC) {
-                    static_assert(sizeof(OutT) == 4, "accumulation is into F32 only");
-                    const float2 old = *reinterpret_cast<const float2 *>(row + col);
-                    x += old.x, y += old.y;
-                }
-                store2(row + col, x, y);
+                store2(row + col, acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
             }
         }
-}
-
-// Expert e's segment clamped into [0, R] and non-decreasing: what the kernels use whatever the offsets hold.
-__device__ __forceinline__ void segment(const int32_t *off, int e, int R, int &lo, int &hi) {
-    lo = min(max(__ldg(off + e), 0), R);
-    hi = min(max(__ldg(off + e + 1), lo), R);
-}
-
-// Block 0, one warp: records the first entry of offsets (E + 1) that is not a valid segment table for R rows
-// (offsets[0] == 0, non-decreasing, offsets[E] <= R).
-__device__ __forceinline__ void check_offsets(const int32_t *off, int E, int R, CudaDevError *err) {
-    if (blockIdx.x != 0 || threadIdx.x >= 32) return;
-    for (int e = threadIdx.x; e <= E; e += 32) {
-        const int v = __ldg(off + e), prev = e > 0 ? __ldg(off + e - 1) : 0;
-        if (v < 0 || v > R || v < prev || (e == 0 && v != 0)) dev_error(err, ERR_GROUPED_OFFSETS, e, v, R);
-    }
-}
-
-// The row tile mt of the concatenated per-expert row tiles (expert by expert, BM rows each, the last one of an
-// expert partial): its expert, first row and the segment's end. Every warp computes it (identically), so a CTA
-// needs no shared memory or barrier for it. False when mt is past the last tile.
-template <int BM>
-__device__ __forceinline__ bool find_row_tile(const int32_t *off, int E, int R, int mt, int &e_out, int &row0,
-                                              int &row_end) {
-    const int lane = threadIdx.x & 31;
-    int before = 0; // tiles of the experts of earlier 32-expert steps
-    for (int base = 0; base < E; base += 32) {
-        const int e = base + lane;
-        int lo = 0, hi = 0;
-        if (e < E) segment(off, e, R, lo, hi);
-        const int n = (hi - lo + BM - 1) / BM;
-        int incl = n; // inclusive prefix sum of n over the lanes
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int v = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += v;
-        }
-        const int first = before + incl - n;
-        const bool mine = mt >= first && mt < first + n; // false for empty experts (n == 0)
-        const unsigned m = __ballot_sync(0xffffffffu, mine);
-        if (m) {
-            const int src = __ffs(m) - 1;
-            e_out = __shfl_sync(0xffffffffu, e, src);
-            row0 = __shfl_sync(0xffffffffu, mine ? lo + (mt - first) * BM : 0, src);
-            row_end = __shfl_sync(0xffffffffu, hi, src);
-            return true;
-        }
-        before += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    return false;
 }
 
 } // namespace
@@ -272,11 +241,12 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
     store_tile<T, false>(out, N, acc, row0, row_end, n0, N);
 }
 
-// dinp (R, K) = dout (R, N) @ w[e] (N, K): the contraction runs over N. grid: row-tile bound x k_tiles.
+// dinp (R, K) (+)= dout (R, N) @ w[e] (N, K): the contraction runs over N; accumulate: dinp += the product.
+// grid: row-tile bound x k_tiles.
 template <class T, typename OutT>
 __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
     sm90_bf16_grouped_gemm_nn(OutT *dinp, const bf16 *dout, const bf16 *w, const int32_t *offsets, int R, int E,
-                              int N, int K, int k_tiles, CudaDevError *err) {
+                              int N, int K, int k_tiles, int accumulate, CudaDevError *err) {
     extern __shared__ __align__(128) unsigned char gg_smem[];
     check_offsets(offsets, E, R, err);
     int e, row0, row_end;
@@ -285,7 +255,8 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
     const Operand a = {dout, N, row0, row_end}, b = {w + (int64_t)e * N * K, K, k0, K};
     float acc[T::MI][T::NI][4] = {};
     gemm_mainloop<T, true, false>(acc, smem_u32(gg_smem), a, b, 0, N);
-    store_tile<T, false>(dinp, K, acc, row0, row_end, k0, K);
+    if (accumulate) store_tile<T, true>(dinp, K, acc, row0, row_end, k0, K);
+    else store_tile<T, false>(dinp, K, acc, row0, row_end, k0, K);
 }
 
 // dw[e] (N, K) += dout_seg (rows, N)^T @ inp_seg (rows, K): the contraction runs over the segment's rows.
@@ -326,14 +297,9 @@ template <auto KERNEL> void set_smem_once(size_t bytes) {
     done = true;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Upper bound of sum_e ceil(rows_e / BM) for segments that tile [0, R): sum (rows_e + BM - 1) / BM.
-int64_t row_tile_bound(int64_t R, int64_t E, int BM) { return (R + E * (BM - 1)) / BM; }
-
 template <class T, typename OutT> void launch_nt(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
     const int R = (int)inp.shape[0], K = (int)inp.shape[1], E = (int)w.shape[0], N = (int)w.shape[1];
-    const int n_tiles = (int)ceil_div(N, T::BN);
+    const int n_tiles = (int)gg_ceil_div(N, T::BN);
     const int64_t blocks = row_tile_bound(R, E, T::BM) * n_tiles;
     if (blocks == 0) return; // N == 0 or no experts: nothing to write
     constexpr size_t smem = Gemm<T, true, true>::SMEM;
@@ -344,22 +310,22 @@ template <class T, typename OutT> void launch_nt(Tensor out, Tensor inp, Tensor 
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_nt");
 }
 
-template <class T, typename OutT> void launch_nn(Tensor dinp, Tensor dout, Tensor w, Tensor offsets) {
+template <class T, typename OutT> void launch_nn(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
     const int R = (int)dout.shape[0], E = (int)w.shape[0], N = (int)w.shape[1], K = (int)w.shape[2];
-    const int k_tiles = (int)ceil_div(K, T::BN);
+    const int k_tiles = (int)gg_ceil_div(K, T::BN);
     const int64_t blocks = row_tile_bound(R, E, T::BM) * k_tiles;
     if (blocks == 0) return;
     constexpr size_t smem = Gemm<T, true, false>::SMEM;
     set_smem_once<sm90_bf16_grouped_gemm_nn<T, OutT>>(smem);
     sm90_bf16_grouped_gemm_nn<T, OutT><<<(unsigned)blocks, T::THREADS, smem, cuda_stream()>>>(
         (OutT *)dinp.data, (const bf16 *)dout.data, (const bf16 *)w.data, (const int32_t *)offsets.data, R, E, N, K,
-        k_tiles, cuda_dev_error());
+        k_tiles, accumulate, cuda_dev_error());
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_nn");
 }
 
 template <class T> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
     const int R = (int)inp.shape[0], K = (int)inp.shape[1], E = (int)dw.shape[0], N = (int)dw.shape[1];
-    const int n_tiles = (int)ceil_div(N, T::BM), k_tiles = (int)ceil_div(K, T::BN);
+    const int n_tiles = (int)gg_ceil_div(N, T::BM), k_tiles = (int)gg_ceil_div(K, T::BN);
     const int64_t blocks = (int64_t)E * n_tiles * k_tiles;
     if (blocks == 0) return;
     constexpr size_t smem = Gemm<T, false, false>::SMEM;
@@ -375,11 +341,13 @@ template <class T> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tensor 
 extern "C" int cuda_gg_supported(int64_t R, int64_t E, int64_t N, int64_t K, const void *const *ptrs, int nptrs) {
     typedef Cfg T;
     if (N % 8 || K % 8 || R < 0 || E < 0 || N < 0 || K < 0) return 0;
-    // int32 indexing inside the kernels (rows, columns, tile indices) and 1-D grids below 2^31 blocks.
-    if (R > INT_MAX || N > INT_MAX || K > INT_MAX || E > INT_MAX) return 0;
-    const int64_t col_tiles = ceil_div(N > K ? N : K, T::BN); // nt: N / BN, nn: K / BN
+    // int32 indexing inside the kernels (rows, columns, tile indices, a tile's end past the last row or column: the
+    // margin) and 1-D grids below 2^31 blocks. Holds for the wgmma kernels too (their tiles are at least 128 x 128).
+    const int64_t lim = INT_MAX - 1024;
+    if (R > lim || N > lim || K > lim || E > lim) return 0;
+    const int64_t col_tiles = gg_ceil_div(N > K ? N : K, T::BN); // nt: N / BN, nn: K / BN
     if (row_tile_bound(R, E, T::BM) * col_tiles > INT_MAX) return 0;
-    if (E * ceil_div(N, T::BM) * ceil_div(K, T::BN) > INT_MAX) return 0; // tn_dw
+    if (E * gg_ceil_div(N, T::BM) * gg_ceil_div(K, T::BN) > INT_MAX) return 0; // tn_dw
     for (int i = 0; i < nptrs; i++)
         if ((uintptr_t)ptrs[i] % 16) return 0;
     return 1;
@@ -390,9 +358,9 @@ extern "C" void cuda_gg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets
     else launch_nt<Cfg, float>(out, inp, w, offsets);
 }
 
-extern "C" void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets) {
-    if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets);
-    else launch_nn<Cfg, float>(dinp, dout, w, offsets);
+extern "C" void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
+    if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets, accumulate);
+    else launch_nn<Cfg, float>(dinp, dout, w, offsets, accumulate);
 }
 
 extern "C" void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {

@@ -19,17 +19,28 @@ int cuda_gg_supported(int64_t R, int64_t E, int64_t N, int64_t K, const void *co
 
 // sm90_bf16_grouped_gemm_nt: out (R, N) = inp (R, K) @ w[e] (N, K)^T per segment; out F32 or BF16.
 void cuda_gg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets);
-// sm90_bf16_grouped_gemm_nn: dinp (R, K) = dout (R, N) @ w[e] (N, K) per segment (overwrite); dinp F32 or BF16.
-void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets);
+// sm90_bf16_grouped_gemm_nn: dinp (R, K) = dout (R, N) @ w[e] (N, K) per segment (accumulate: dinp += the
+// product, summed in FP32 and rounded once); dinp F32 or BF16.
+void cuda_gg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate);
 // sm90_bf16_grouped_gemm_tn_dw: dw[e] (N, K) += dout_seg^T @ inp_seg; dw F32; deterministic (no atomics).
 void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
+
+// The wgmma versions (cuda_grouped_gemm_wg.cu: sm90_bf16_grouped_gemm_wg_nt / _nn / _tn_dw), same semantics and
+// the same cuda_gg_supported conditions. The backend uses them when cuda_gg_wg_selected() says so.
+void cuda_gg_wg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets);
+void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate);
+void cuda_gg_wg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
+// DSV3_GG = wg | mma (unset or empty: mma): which kernel set the backend's BF16 grouped GEMMs use; read at every
+// call (so one process can A/B both); any other value dies. DSV3_GG_WG_BN = 256 | 128 (unset: 256) picks the wgmma
+// kernels' output tile width (128 x 256 or 128 x 128), for measurements.
+int cuda_gg_wg_selected(void);
 
 // The per-expert cuBLASLt loop (cuda_matmul.cu), with the same checks and semantics as the backend's
 // grouped_matmul_forward/backward: what those use for F32 tensors and for shapes the kernels do not take. Exposed
 // for the benchmark's comparison.
 void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                       const int32_t *offsets_host);
+                                       const int32_t *offsets_host, int accumulate_dinp);
 
 #ifdef __cplusplus
 }

@@ -9,9 +9,10 @@
 // Plans (descriptors, layouts and the heuristic's algorithm) are cached per shape/type/alignment. When cuBLASLt's
 // heuristic has no algorithm (odd leading dimensions or misaligned views of BF16 data, say), the product goes
 // through classic cuBLAS cublasGemmEx, which takes any layout, with the same types and FP32 compute.
-// grouped_matmul_* with BF16 inputs run the one-launch grouped kernels of cuda_grouped_gemm.cu (device offsets
-// only); F32 inputs and the shapes those kernels do not take loop over the experts with one cuBLASLt call per
-// non-empty expert, reading the segment table on the host (offsets_host).
+// grouped_matmul_* with BF16 inputs run the one-launch grouped kernels (device offsets only): the mma.sync ones of
+// cuda_grouped_gemm.cu, or with DSV3_GG=wg the wgmma ones of cuda_grouped_gemm_wg.cu; F32 inputs and the shapes
+// those kernels do not take loop over the experts with one cuBLASLt call per non-empty expert, reading the segment
+// table on the host (offsets_host).
 #include "kernels/cuda/cuda_common.cuh"
 
 #include "kernels/cuda/cuda_grouped_gemm.h"
@@ -325,9 +326,12 @@ extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     const char *op = "grouped_matmul_forward";
     grouped_forward_check(op, out, inp, w, offsets, offsets_host);
     const void *ptrs[3] = {out.data, inp.data, w.data};
-    if (inp.dtype == DT_BF16 && cuda_gg_supported(inp.shape[0], w.shape[0], w.shape[1], w.shape[2], ptrs, 3))
-        cuda_gg_forward(out, inp, w, offsets);
-    else grouped_forward_loop(op, out, inp, w, offsets, offsets_host);
+    if (inp.dtype == DT_BF16 && cuda_gg_supported(inp.shape[0], w.shape[0], w.shape[1], w.shape[2], ptrs, 3)) {
+        if (cuda_gg_wg_selected()) cuda_gg_wg_forward(out, inp, w, offsets);
+        else cuda_gg_forward(out, inp, w, offsets);
+    } else {
+        grouped_forward_loop(op, out, inp, w, offsets, offsets_host);
+    }
 }
 
 extern "C" void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets,
@@ -360,9 +364,9 @@ static void grouped_backward_check(const char *op, Tensor dinp, Tensor dw, Tenso
     }
 }
 
-// The per-expert loop for whichever of dinp and dw has data.
+// The per-expert loop for whichever of dinp and dw has data; accumulate_dinp: dinp += (cuBLASLt's beta = 1).
 static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
-                                  Tensor offsets, const int32_t *offsets_host) {
+                                  Tensor offsets, const int32_t *offsets_host, int accumulate_dinp) {
     int64_t K = inp.shape[1], E = w.shape[0], N = w.shape[1];
     offsets_host = host_offsets(op, offsets, offsets_host, E, inp.shape[0]);
     const size_t ea = dtype_size(inp.dtype), ew = dtype_size(w.dtype), eg = dtype_size(dout.dtype);
@@ -372,7 +376,7 @@ static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor
         const char *g = (const char *)dout.data + r0 * N * eg;
         if (dinp.data)
             mm_dinp(op, (char *)dinp.data + r0 * K * dtype_size(dinp.dtype), dinp.dtype, g,
-                    (const char *)w.data + e * N * K * ew, dout.dtype, rows, N, K, 0.0f, 1);
+                    (const char *)w.data + e * N * K * ew, dout.dtype, rows, N, K, accumulate_dinp ? 1.0f : 0.0f, 1);
         if (dw.data)
             mm_dw(op, (char *)dw.data + e * N * K * dtype_size(dw.dtype), dw.dtype, g,
                   (const char *)inp.data + r0 * K * ea, inp.dtype, rows, N, K, 1);
@@ -382,31 +386,36 @@ static void grouped_backward_loop(const char *op, Tensor dinp, Tensor dw, Tensor
 // dinp and dw go to the grouped kernels independently: dinp when dout and w are BF16, dw when dout and inp are BF16
 // and dw is F32 (a BF16 dw takes the loop), each subject to cuda_gg_supported (see the forward).
 extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
-                                             const int32_t *offsets_host) {
+                                             const int32_t *offsets_host, int accumulate_dinp) {
     const char *op = "grouped_matmul_backward";
     grouped_backward_check(op, dinp, dw, dout, inp, w, offsets, offsets_host);
     const int64_t R = inp.shape[0], E = w.shape[0], N = w.shape[1], K = w.shape[2];
     Tensor loop_dinp = dinp, loop_dw = dw; // what is left for the loop
+    const int wg = cuda_gg_wg_selected();
     if (dinp.data && dout.dtype == DT_BF16) {
         const void *ptrs[3] = {dinp.data, dout.data, w.data};
         if (cuda_gg_supported(R, E, N, K, ptrs, 3)) {
-            cuda_gg_dinp(dinp, dout, w, offsets);
+            if (wg) cuda_gg_wg_dinp(dinp, dout, w, offsets, accumulate_dinp);
+            else cuda_gg_dinp(dinp, dout, w, offsets, accumulate_dinp);
             loop_dinp.data = NULL;
         }
     }
     if (dw.data && dout.dtype == DT_BF16 && dw.dtype == DT_F32) {
         const void *ptrs[3] = {dw.data, dout.data, inp.data};
         if (cuda_gg_supported(R, E, N, K, ptrs, 3)) {
-            cuda_gg_dw(dw, dout, inp, offsets);
+            if (wg) cuda_gg_wg_dw(dw, dout, inp, offsets);
+            else cuda_gg_dw(dw, dout, inp, offsets);
             loop_dw.data = NULL;
         }
     }
-    if (loop_dinp.data || loop_dw.data) grouped_backward_loop(op, loop_dinp, loop_dw, dout, inp, w, offsets, offsets_host);
+    if (loop_dinp.data || loop_dw.data)
+        grouped_backward_loop(op, loop_dinp, loop_dw, dout, inp, w, offsets, offsets_host,
+                              accumulate_dinp);
 }
 
 extern "C" void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
-                                                  Tensor offsets, const int32_t *offsets_host) {
+                                                  Tensor offsets, const int32_t *offsets_host, int accumulate_dinp) {
     const char *op = "grouped_matmul_backward";
     grouped_backward_check(op, dinp, dw, dout, inp, w, offsets, offsets_host);
-    grouped_backward_loop(op, dinp, dw, dout, inp, w, offsets, offsets_host);
+    grouped_backward_loop(op, dinp, dw, dout, inp, w, offsets, offsets_host, accumulate_dinp);
 }

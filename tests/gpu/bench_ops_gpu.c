@@ -1,8 +1,9 @@
 // Micro-benchmark of the cuda backend's heavy ops at the bench-1gpu shapes (dim 1536, 12 heads, qk head 192, v head
 // 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt, the
-// grouped (MoE) GEMMs (the one-launch BF16 kernels against the per-expert cuBLASLt loop), and causal attention
-// forward and backward. Prints milliseconds and TFLOP/s; asserts nothing (timings vary from machine to machine).
-// Usage: build/bench_ops_gpu [iterations] [attention]   (with "attention": only the attention rows)
+// grouped (MoE) GEMMs (the one-launch BF16 kernels, mma.sync and wgmma, against the per-expert cuBLASLt loop, with
+// balanced and skewed rows per expert), and causal attention forward and backward. Prints milliseconds and TFLOP/s;
+// asserts nothing (timings vary from machine to machine).
+// Usage: build/bench_ops_gpu [iterations] [attention|grouped]   (only the attention / grouped GEMM rows)
 //
 // FLOP counts: a GEMM is 2 M N K. Causal attention counts the visible half of the score matrix: forward
 // 2 B H (T^2 / 2) (D + DV) (QK^T and PV), backward 2 B H (T^2 / 2) (3 D + 2 DV) (QK^T recomputed, dP = dO V^T,
@@ -88,49 +89,64 @@ static void bench_gemm(const char *what, int64_t M, int64_t N, int64_t K, DType 
 }
 
 typedef struct { Tensor out, inp, w, dinp, dw, dout, off; int32_t *off_h; } GmmCtx;
-// The backend's grouped ops (BF16: the one-launch kernels of cuda_grouped_gemm.cu) and the per-expert cuBLASLt loop.
+// The backend's grouped ops (BF16: the one-launch kernels that DSV3_GG selects) and the per-expert cuBLASLt loop.
 static void gmm_fwd(void *c) { GmmCtx *m = c; G->grouped_matmul_forward(m->out, m->inp, m->w, m->off, m->off_h); }
 static void gmm_dinp(void *c) {
     GmmCtx *m = c;
-    G->grouped_matmul_backward(m->dinp, tensor_3d(NULL, DT_F32, 0, 0, 0), m->dout, m->inp, m->w, m->off, m->off_h);
+    G->grouped_matmul_backward(m->dinp, tensor_3d(NULL, DT_F32, 0, 0, 0), m->dout, m->inp, m->w, m->off, m->off_h,
+                               0);
 }
 static void gmm_dw(void *c) {
     GmmCtx *m = c;
-    G->grouped_matmul_backward(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h);
+    G->grouped_matmul_backward(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h, 0);
 }
 static void loop_fwd(void *c) { GmmCtx *m = c; cuda_grouped_matmul_forward_loop(m->out, m->inp, m->w, m->off, m->off_h); }
 static void loop_dinp(void *c) {
     GmmCtx *m = c;
     cuda_grouped_matmul_backward_loop(m->dinp, tensor_3d(NULL, DT_F32, 0, 0, 0), m->dout, m->inp, m->w, m->off,
-                                      m->off_h);
+                                      m->off_h, 0);
 }
 static void loop_dw(void *c) {
     GmmCtx *m = c;
-    cuda_grouped_matmul_backward_loop(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h);
+    cuda_grouped_matmul_backward_loop(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h,
+                                      0);
 }
 
-// E experts, R routed rows in routing-like segments (sizes drawn around R / E, +-40%, fixed seed):
-// out (R, N) = inp (R, K) @ w[e]^T per segment, dinp (R, K) = dout @ w[e], dw[e] (N, K) += dout_seg^T inp_seg.
-// Prints each product's time for the grouped kernel and for the per-expert loop.
-static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t K, DType dt) {
-    GmmCtx m;
-    m.off_h = xmalloc(sizeof(int32_t) * (E + 1));
+static uint64_t lcg(uint64_t *s) { return *s = *s * 6364136223846793005ull + 1442695040888963407ull; }
+
+// Segment sizes for R rows over E experts from per-expert weights (fixed seed). balanced: weights in [0.6, 1.4)
+// (+-40% around R / E). skewed, as routing early in training: experts 3, 17 and 41 (when E > 41) take about 10x
+// the mean each, two experts (9 and 50) none, the others weights in [0.05, 1.95).
+static void grouped_rows(int32_t *off, int E, int64_t R, int skewed) {
     double *wt = xmalloc(sizeof(double) * E), sum = 0;
     uint64_t s = 12345;
     for (int e = 0; e < E; e++) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        wt[e] = 0.6 + 0.8 * (double)(s >> 11) * 0x1.0p-53, sum += wt[e];
+        const double u = (double)(lcg(&s) >> 11) * 0x1.0p-53;
+        wt[e] = skewed ? 0.05 + 1.9 * u : 0.6 + 0.8 * u;
+        if (skewed && (e == 9 || e == 50)) wt[e] = 0.0;
+        if (skewed && (e == 3 || e == 17 || e == 41)) wt[e] = 18.0;
+        sum += wt[e];
     }
     double acc = 0;
-    m.off_h[0] = 0;
-    for (int e = 0; e < E; e++) acc += wt[e], m.off_h[e + 1] = (int32_t)(R * (acc / sum) + 0.5);
-    m.off_h[E] = (int32_t)R;
+    off[0] = 0;
+    for (int e = 0; e < E; e++) acc += wt[e], off[e + 1] = (int32_t)(R * (acc / sum) + 0.5);
+    off[E] = (int32_t)R;
+    free(wt);
+}
+
+// E experts, R routed rows in segments from grouped_rows: out (R, N) = inp (R, K) @ w[e]^T per segment,
+// dinp (R, K) = dout @ w[e], dw[e] (N, K) += dout_seg^T inp_seg. Prints each product's time for the mma.sync
+// kernels (DSV3_GG=mma), the wgmma kernels at both tile widths (DSV3_GG=wg, DSV3_GG_WG_BN=256 / 128) and the
+// per-expert cuBLASLt loop.
+static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t K, DType dt, int skewed) {
+    GmmCtx m;
+    m.off_h = xmalloc(sizeof(int32_t) * (E + 1));
+    grouped_rows(m.off_h, E, R, skewed);
     int32_t mn = INT32_MAX, mx = 0;
     for (int e = 0; e < E; e++) {
         int32_t r = m.off_h[e + 1] - m.off_h[e];
         mn = r < mn ? r : mn, mx = r > mx ? r : mx;
     }
-    free(wt);
     void *doff = G->alloc(sizeof(int32_t) * (E + 1));
     G->upload(doff, m.off_h, sizeof(int32_t) * (E + 1));
     m.off = tensor_1d(doff, DT_I32, E + 1);
@@ -142,14 +158,24 @@ static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t
     m.dw = tensor_3d(G->alloc((size_t)E * N * K * 4), DT_F32, E, N, K);
     const double fl = 2.0 * R * N * K;
     static const char *names[3] = {"fwd", "dinp", "dw"};
+    static const char *sets[3][3] = {{"mma", NULL, "mma"}, {"wg", "256", "wg 128x256"}, {"wg", "128", "wg 128x128"}};
     BenchFn fn[3] = {gmm_fwd, gmm_dinp, gmm_dw}, lp[3] = {loop_fwd, loop_dinp, loop_dw};
-    printf("grouped gemm %-8s %-4s E %d rows %lld (per expert %d..%d) N %lld K %lld\n", what,
-           dt == DT_BF16 ? "bf16" : "f32", E, (long long)R, mn, mx, (long long)N, (long long)K);
+    printf("grouped gemm %-8s %-4s E %d rows %lld %s (per expert %d..%d, max/mean %.1f) N %lld K %lld\n", what,
+           dt == DT_BF16 ? "bf16" : "f32", E, (long long)R, skewed ? "skewed" : "balanced", mn, mx,
+           (double)mx * E / (double)R, (long long)N, (long long)K);
     for (int i = 0; i < 3; i++) {
-        double tn = time_it(fn[i], &m), tl = time_it(lp[i], &m);
-        printf("    %-5s grouped kernel %7.3f ms %6.1f TFLOP/s | per-expert loop %7.3f ms %6.1f TFLOP/s | %.2fx\n",
-               names[i], tn * 1e3, fl / tn * 1e-12, tl * 1e3, fl / tl * 1e-12, tl / tn);
+        printf("    %-5s", names[i]);
+        for (int k = 0; k < 3; k++) {
+            setenv("DSV3_GG", sets[k][0], 1);
+            if (sets[k][1]) setenv("DSV3_GG_WG_BN", sets[k][1], 1);
+            else unsetenv("DSV3_GG_WG_BN");
+            const double t = time_it(fn[i], &m);
+            printf(" %s %7.3f ms %6.1f |", sets[k][2], t * 1e3, fl / t * 1e-12);
+        }
+        const double tl = time_it(lp[i], &m);
+        printf(" loop %7.3f ms %6.1f TFLOP/s\n", tl * 1e3, fl / tl * 1e-12);
     }
+    unsetenv("DSV3_GG"), unsetenv("DSV3_GG_WG_BN");
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data), G->free(doff), free(m.off_h);
 }
@@ -195,29 +221,38 @@ static void bench_attention(int B, int T, int H, int D, int DV, DType dt, int ve
 
 int main(int argc, char **argv) {
     if (argc > 1) g_iters = atoi(argv[1]);
-    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention]", argv[0]);
-    const int attn_only = argc > 2 && !strcmp(argv[2], "attention");
-    if (argc > 2 && !attn_only) die("usage: %s [iterations >= 1] [attention]: unknown argument '%s'", argv[0], argv[2]);
+    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention|grouped]", argv[0]);
+    const char *only = argc > 2 ? argv[2] : "";
+    if (*only && strcmp(only, "attention") && strcmp(only, "grouped"))
+        die("usage: %s [iterations >= 1] [attention|grouped]: unknown argument '%s'", argv[0], only);
     G = backend_get("cuda");
     const int64_t M = 4 * 4096; // tokens of one micro-batch
     printf("cuda backend micro-benchmark (%d iterations after 2 warm-ups)\n", g_iters);
-    if (!attn_only) {
+    if (!*only) {
         // MLA projections at dim 1536: q up-projection 1536 -> 12 x 192, output 12 x 128 -> 1536, a wide FFN-like one
         bench_gemm("q_up (1536->2304)", M, 2304, 1536, DT_BF16);
         bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_BF16);
         bench_gemm("wide (1536->8192)", M, 8192, 1536, DT_BF16);
         bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
-        // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536)
-        bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16);
-        bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16);
     }
-    // BF16 attention on the tensor-core kernel sets (v1: the first, 4-warp kernels; v2: the default; wg: Hopper wgmma)
-    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 1);
-    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 2);
-    bench_attention(4, 4096, 12, 192, 128, DT_BF16, 3);
-    bench_attention(4, 4096, 12, 192, 128, DT_F32, 0);
-    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 1);
-    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 2);
-    bench_attention(1, 4096, 12, 192, 128, DT_BF16, 3);
+    if (!*only || !strcmp(only, "grouped")) {
+        // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536);
+        // rows per expert balanced (+-40%) and skewed (three experts at 10x the mean), kernel sets side by side
+        for (int skewed = 0; skewed < 2; skewed++) {
+            bench_grouped("gate/up", 64, M * 6, 512, 1536, DT_BF16, skewed);
+            bench_grouped("down", 64, M * 6, 1536, 512, DT_BF16, skewed);
+        }
+    }
+    if (!*only || !strcmp(only, "attention")) {
+        // BF16 attention on the tensor-core kernel sets (v1: the first, 4-warp kernels; v2: the default; wg: Hopper
+        // wgmma)
+        bench_attention(4, 4096, 12, 192, 128, DT_BF16, 1);
+        bench_attention(4, 4096, 12, 192, 128, DT_BF16, 2);
+        bench_attention(4, 4096, 12, 192, 128, DT_BF16, 3);
+        bench_attention(4, 4096, 12, 192, 128, DT_F32, 0);
+        bench_attention(1, 4096, 12, 192, 128, DT_BF16, 1);
+        bench_attention(1, 4096, 12, 192, 128, DT_BF16, 2);
+        bench_attention(1, 4096, 12, 192, 128, DT_BF16, 3);
+    }
     return 0;
 }

@@ -150,7 +150,7 @@ static void check_grouped(int E, int N, int K, const int *rows, DType dt, double
                               tensor_3d(w, DT_F32, E, N, K), t_off, off);
     C->grouped_matmul_backward(tensor_2d(want_dx, DT_F32, R, K), tensor_3d(want_dw, DT_F32, E, N, K),
                                tensor_2d(g, DT_F32, R, N), tensor_2d(x, DT_F32, R, K), tensor_3d(w, DT_F32, E, N, K),
-                               t_off, off);
+                               t_off, off, 0);
     void *d_x = gt_dev(x, R * K, dt), *d_w = gt_dev(w, (int64_t)E * N * K, dt), *d_g = gt_dev(g, R * N, dt);
     void *d_off = gt_dev_i32(off, E + 1), *d_out = gt_dev_poison(R * N, dt), *d_dx = gt_dev_poison(R * K, dt);
     void *d_dw = gt_dev(dw0, (int64_t)E * N * K, DT_F32);
@@ -158,9 +158,15 @@ static void check_grouped(int E, int N, int K, const int *rows, DType dt, double
     G->grouped_matmul_forward(tensor_2d(d_out, dt, R, N), tensor_2d(d_x, dt, R, K), tensor_3d(d_w, dt, E, N, K), g_off,
                               off);
     G->grouped_matmul_backward(tensor_2d(d_dx, dt, R, K), tensor_3d(d_dw, DT_F32, E, N, K), tensor_2d(d_g, dt, R, N),
-                               tensor_2d(d_x, dt, R, K), tensor_3d(d_w, dt, E, N, K), g_off, off);
+                               tensor_2d(d_x, dt, R, K), tensor_3d(d_w, dt, E, N, K), g_off, off, 0);
     GT_CLOSE(dt ? "grouped fwd bf16" : "grouped fwd f32", gt_host(d_out, R * N, dt), want, R * N, rtol, atol_rel);
     GT_CLOSE(dt ? "grouped dinp bf16" : "grouped dinp f32", gt_host(d_dx, R * K, dt), want_dx, R * K, rtol, atol_rel);
+    // accumulate_dinp: the same product added onto the result just checked gives twice the reference
+    G->grouped_matmul_backward(tensor_2d(d_dx, dt, R, K), tensor_3d(NULL, DT_F32, E, N, K), tensor_2d(d_g, dt, R, N),
+                               tensor_2d(d_x, dt, R, K), tensor_3d(d_w, dt, E, N, K), g_off, off, 1);
+    for (int64_t i = 0; i < R * K; i++) want_dx[i] *= 2.0f;
+    GT_CLOSE(dt ? "grouped dinp += bf16" : "grouped dinp += f32", gt_host(d_dx, R * K, dt), want_dx, R * K, rtol,
+             atol_rel);
     GT_CLOSE(dt ? "grouped dw (bf16 in)" : "grouped dw f32", gt_host(d_dw, (int64_t)E * N * K, DT_F32), want_dw,
              (int64_t)E * N * K, 1e-5, 1e-5);
 }

@@ -354,7 +354,7 @@ TEST(gpu_grouped_loop_without_host_offsets) {
                               c_off, NULL);
     C->grouped_matmul_backward(tensor_2d(want_dx, DT_F32, R, K), tensor_3d(want_dw, DT_F32, E, N, K),
                                tensor_2d(g, DT_F32, R, N), tensor_2d(x, DT_F32, R, K), tensor_3d(w, DT_F32, E, N, K),
-                               c_off, NULL);
+                               c_off, NULL, 0);
     // rows outside every segment are left alone by both backends: start the GPU buffers from the same values
     void *d_x = gt_dev(x, (int64_t)R * K, DT_F32), *d_w = gt_dev(w, nw, DT_F32), *d_g = gt_dev(g, (int64_t)R * N, DT_F32);
     void *d_out = gt_dev(out0, (int64_t)R * N, DT_F32), *d_dx = gt_dev(dx0, (int64_t)R * K, DT_F32);
@@ -364,7 +364,7 @@ TEST(gpu_grouped_loop_without_host_offsets) {
                               tensor_3d(d_w, DT_F32, E, N, K), g_off, NULL);
     G->grouped_matmul_backward(tensor_2d(d_dx, DT_F32, R, K), tensor_3d(d_dw, DT_F32, E, N, K),
                                tensor_2d(d_g, DT_F32, R, N), tensor_2d(d_x, DT_F32, R, K),
-                               tensor_3d(d_w, DT_F32, E, N, K), g_off, NULL);
+                               tensor_3d(d_w, DT_F32, E, N, K), g_off, NULL, 0);
     GT_CLOSE("grouped out (fetched table)", gt_host(d_out, (int64_t)R * N, DT_F32), want, (int64_t)R * N, 1e-5, 1e-5);
     GT_CLOSE("grouped dinp (fetched table)", gt_host(d_dx, (int64_t)R * K, DT_F32), want_dx, (int64_t)R * K, 1e-5,
              1e-5);
