@@ -420,9 +420,13 @@ void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
 void attn_tc_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
                       const float *lse, const float *Dr, int B, int T_, int H, int D, int DV, float scale,
                       cudaStream_t s) {
+    const int ver = attn_tc_version("DSV3_ATTN_BWD");
+    if (ver == ATTN_WG && attn_wg_supported(D, DV)) {
+        attn_wg_backward(dq, dk, dv, q, k, v, dout, lse, Dr, B, T_, H, D, DV, scale, s);
+        return;
+    }
     // v2 indexes lse and Dr (B, H, T) with 32-bit offsets (a register fewer in its dK/dV loop)
-    // (wg: the wgmma backward is not written yet; it runs v2)
-    if (attn_tc_version("DSV3_ATTN_BWD") >= ATTN_V2 && attn_tc2_supported(D, DV) && (int64_t)B * H * T_ <= INT32_MAX) {
+    if (ver >= ATTN_V2 && attn_tc2_supported(D, DV) && (int64_t)B * H * T_ <= INT32_MAX) {
         attn_tc2_backward(dq, dk, dv, q, k, v, dout, lse, Dr, B, T_, H, D, DV, scale, s);
         return;
     }

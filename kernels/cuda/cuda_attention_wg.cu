@@ -52,13 +52,6 @@ template <int D, int DV> struct FwLayout {
     static constexpr size_t SMEM = V + 2 * VBUF + 1024; // + slack to align the dynamic window's base
 };
 
-// Keeps the compiler from moving reads of wgmma results above the wgmma.wait_group that completes them (and writes
-// below the wgmma that reads them): an empty asm that "modifies" every register of the fragment.
-template <int N> __device__ __forceinline__ void fw_fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
 // S (64 x 128) = Q_wg (64 x D) K^T: qw = this warpgroup's first row in the first Q slab, kb = the K buffer.
 template <int D> __device__ __forceinline__ void fw_scores(float (&S)[64], uint32_t qw, uint32_t kb) {
 #pragma unroll
@@ -70,11 +63,8 @@ template <int D> __device__ __forceinline__ void fw_scores(float (&S)[64], uint3
 // O (64 x DV) += P (64 x 128 keys, BF16 registers) V (128 keys x DV, MN-major slabs at vb).
 template <int DV> __device__ __forceinline__ void fw_pv(float (&O)[DV / 2], const uint32_t (&P)[8][4], uint32_t vb) {
 #pragma unroll
-    for (int kk = 0; kk < FW_BN / 16; kk++) {
-        const uint64_t dv = wg_desc_mn(vb, kk, FW_SLAB);
-        if constexpr (DV == 128) wg_mma_rs_n128<1>(O, P[kk], dv, 1);
-        else wg_mma_rs_n64<1>(O, P[kk], dv, 1);
-    }
+    for (int kk = 0; kk < FW_BN / 16; kk++)
+        wg_mma_rs_mn<DV>(O, P[kk], wg_desc_mn(vb, kk, FW_SLAB));
 }
 
 // Online softmax of one score tile in place (S -> unnormalized probabilities 2^(s scale log2e - m)); m, l: the
@@ -167,7 +157,7 @@ __global__ void __launch_bounds__(FW_NTH, 1) attn_wg_fwd_kernel(bf16 *out, float
     fw_scores<D>(S, qw, base + L::K);
     wg_commit();
     wg_wait<0>();
-    fw_fence_regs(S);
+    wg_fence_regs(S);
     if (mt == 0) fw_softmax<true>(S, m, l, alpha, rl, qd, sl2);
     else fw_softmax<false>(S, m, l, alpha, rl, qd, sl2);
     fw_pack(P, S); // O is still zero: no rescale
@@ -185,12 +175,12 @@ __global__ void __launch_bounds__(FW_NTH, 1) attn_wg_fwd_kernel(bf16 *out, float
         fw_pv<DV>(O, P, base + L::V + (j & 1) * L::VBUF);
         wg_commit();
         wg_wait<1>(); // S_{j+1} done; P_j V_j may still run
-        fw_fence_regs(S);
+        wg_fence_regs(S);
         if (j + 1 == mt) fw_softmax<true>(S, m, l, alpha, rl, qd, sl2);
         else fw_softmax<false>(S, m, l, alpha, rl, qd, sl2);
         wg_wait<0>();
-        fw_fence_regs(O);
-        fw_fence_regs(S);
+        wg_fence_regs(O);
+        wg_fence_regs(S);
 #pragma unroll
         for (int i = 0; i < DV / 2; i++) O[i] *= alpha[(i >> 1) & 1];
         fw_pack(P, S);
@@ -203,7 +193,7 @@ __global__ void __launch_bounds__(FW_NTH, 1) attn_wg_fwd_kernel(bf16 *out, float
     fw_pv<DV>(O, P, base + L::V + ((n - 1) & 1) * L::VBUF);
     wg_commit();
     wg_wait<0>();
-    fw_fence_regs(O);
+    wg_fence_regs(O);
 
     // epilogue: quad sums, lse, O / l
 #pragma unroll

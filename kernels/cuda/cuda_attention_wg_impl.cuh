@@ -31,6 +31,27 @@ __device__ __forceinline__ float wg_exp2(float x) {
     return y;
 }
 
+// Keeps the compiler from moving reads of wgmma results above the wgmma.wait_group that completes them (and writes
+// below the wgmma that reads them): an empty asm that "modifies" every register of the fragment.
+template <int N> __device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// 4-byte global -> shared copy (F32 row statistics); valid == false zero-fills (src not read, but a valid address).
+__device__ __forceinline__ void wg_cp_async4(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
+
+// d (64 x N) += A (registers) B (MN-major smem descriptor db), for the N the head dims need.
+template <int N>
+__device__ __forceinline__ void wg_mma_rs_mn(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
+    static_assert(N == 64 || N == 128 || N == 192, "instantiated widths");
+    if constexpr (N == 64) wg_mma_rs_n64<1>(d, a, db, 1);
+    else if constexpr (N == 128) wg_mma_rs_n128<1>(d, a, db, 1);
+    else wg_mma_rs_n192<1>(d, a, db, 1);
+}
+
 // Starts copying rows [t0, t0 + ROWS), columns [c0, c0 + 64) of one head of x (row t at xh + t * ld) into the slab
 // at shared address `slab` (128-byte swizzled, cuda_wgmma.cuh); rows at or past T are zero-filled. The source
 // pointer handed on stays inside the tensor even for a tile wholly past T (cp.async's zero-fill still takes an
