@@ -6,8 +6,8 @@
 // first set below ("v1", 4-warp CTAs, run-time head dims: any supported dims), the second in cuda_attention_tc2.cu
 // ("v2", 8-warp CTAs, compile-time head dims: the pairs attn_tc2_supported lists, MLA's 192/128 among them; 2.9x
 // v1's backward on an H100) and the third in cuda_attention_wg.cu ("wg", Hopper wgmma warpgroup MMAs, the pairs
-// attn_wg_supported lists). v2 is the default where it applies; DSV3_ATTN_FWD=v1|wg and DSV3_ATTN_BWD=v1|wg select
-// the others (for A/B runs and as a fallback).
+// attn_wg_supported lists). Defaults where they apply: wg forward, v2 backward (see attn_tc_version);
+// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 | wg select any set (for A/B runs and as a fallback).
 //
 // Math: mma.sync.m16n8k16 BF16 x BF16 -> FP32 (warp-level tensor-core MMA; not wgmma), operands from shared memory
 // through ldmatrix (.trans for the operands whose contraction runs along the rows of a row-major tile). Scores,
@@ -380,14 +380,17 @@ void tc_set_smem(void) {
 
 } // namespace
 
-// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 | wg (unset: v2) pick the kernel set; read at every call (one getenv beside
-// a kernel launch) so that a test or benchmark can A/B them in one process. wg (Hopper wgmma: cuda_attention_wg.cu)
-// covers the head dims attn_wg_supported lists, v2 those attn_tc2_supported lists; a set that does not take the head
-// dims falls back to the next older one (wg -> v2 -> v1).
+// DSV3_ATTN_FWD / DSV3_ATTN_BWD = v1 | v2 | wg pick the kernel set; read at every call (one getenv beside a kernel
+// launch) so that a test or benchmark can A/B them in one process. wg (Hopper wgmma: cuda_attention_wg.cu,
+// cuda_attention_wg_bwd.cu) covers the head dims attn_wg_supported lists, v2 those attn_tc2_supported lists; a set
+// that does not take the head dims falls back to the next older one (wg -> v2 -> v1). Unset: wg for the forward (it
+// passed the GPU tests and ran bench-1gpu on an H100: 361 TFLOP/s, v2 224), v2 for the backward (the wg backward
+// has not run on a GPU yet).
 enum { ATTN_V1 = 1, ATTN_V2 = 2, ATTN_WG = 3 };
-static int attn_tc_version(const char *var) {
+static int attn_tc_version(const char *var, int unset) {
     const char *e = getenv(var);
-    if (!e || !*e || !strcmp(e, "v2")) return ATTN_V2;
+    if (!e || !*e) return unset;
+    if (!strcmp(e, "v2")) return ATTN_V2;
     if (!strcmp(e, "v1")) return ATTN_V1;
     if (!strcmp(e, "wg")) return ATTN_WG;
     die("%s=%s: expected v1, v2 or wg", var, e);
@@ -402,7 +405,7 @@ bool attn_tc_supported(int D, int DV, const void *const *ptrs, int nptrs) {
 
 void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T_, int H, int D,
                      int DV, float scale, cudaStream_t s) {
-    const int ver = attn_tc_version("DSV3_ATTN_FWD");
+    const int ver = attn_tc_version("DSV3_ATTN_FWD", ATTN_WG);
     if (ver == ATTN_WG && attn_wg_supported(D, DV)) {
         attn_wg_forward(out, lse, q, k, v, B, T_, H, D, DV, scale, s);
         return;
@@ -420,7 +423,7 @@ void attn_tc_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
 void attn_tc_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
                       const float *lse, const float *Dr, int B, int T_, int H, int D, int DV, float scale,
                       cudaStream_t s) {
-    const int ver = attn_tc_version("DSV3_ATTN_BWD");
+    const int ver = attn_tc_version("DSV3_ATTN_BWD", ATTN_V2);
     if (ver == ATTN_WG && attn_wg_supported(D, DV)) {
         attn_wg_backward(dq, dk, dv, q, k, v, dout, lse, Dr, B, T_, H, D, DV, scale, s);
         return;
