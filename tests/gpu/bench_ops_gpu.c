@@ -237,6 +237,7 @@ static void kv_asm_bwd(void *c) {
 static void conv(void *c) { MemCtx *m = c; G->convert(m->t[0], m->t[1]); }
 static void ccols(void *c) { MemCtx *m = c; G->copy_cols(m->t[0], 0, m->t[1], m->i[0], m->t[0].shape[1], 0); }
 static void axpy1(void *c) { MemCtx *m = c; G->axpy(m->t[0], m->t[1], 1.0f); }
+static void xent(void *c) { MemCtx *m = c; G->cross_entropy_forward_backward(m->t[0], m->t[1], m->t[2], m->t[3], 0.5f); }
 
 static void *dev_i32(const int32_t *h, int64_t n) {
     void *d = G->alloc((size_t)n * 4);
@@ -404,6 +405,19 @@ static void bench_memops(void) {
     m.i[0] = 0;
     mem_row("copy_cols", "(16384,256) <- (16384,320)[0:256] bf16", (double)N * 256 * 4, ccols, &m);
     G->free(m.t[0].data), G->free(m.t[1].data);
+    // cross-entropy over one head chunk (HEAD_CHUNK_ELEMS / V rows): F32 logits, BF16 dlogits
+    {
+        const int64_t R = ((int64_t)1 << 26) / V;
+        int32_t *tg = bench_ids(R, (int)V, 0);
+        m.t[0] = tensor_1d(G->alloc((size_t)R * 4), DT_F32, R);
+        m.t[1] = tensor_2d(G->alloc((size_t)(R * V) * 2), DT_BF16, R, V);
+        m.t[2] = tensor_2d(rand_dev(R * V, DT_F32, 4.0f), DT_F32, R, V);
+        m.t[3] = tensor_1d(dev_i32(tg, R), DT_I32, R);
+        snprintf(shape, sizeof shape, "logits (%lld,%lld) f32 -> bf16 dlogits", (long long)R, (long long)V);
+        mem_row("cross_entropy_fwd_bwd", shape, (double)R * V * 6 + R * 8.0, xent, &m);
+        for (int i = 0; i < 4; i++) G->free(m.t[i].data);
+        free(tg);
+    }
 }
 
 int main(int argc, char **argv) {
