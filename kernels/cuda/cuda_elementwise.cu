@@ -164,7 +164,7 @@ static const char *const MEMOPS_V2[] = {"embedding_forward", "embedding_backward
                                         "moe_combine", "moe_combine_backward", "rmsnorm_forward", "rmsnorm_backward",
                                         "swiglu_forward", "swiglu_backward", "axpy", "copy_cols", "convert",
                                         "rope_apply", "mla_kv_assemble", "mla_kv_assemble_backward",
-                                        "cross_entropy_forward_backward"};
+                                        "cross_entropy_forward_backward", "moe_balance_loss"};
 
 bool cuda_memops_v2(const char *op) {
     const char *e = getenv("DSV3_MEMOPS");

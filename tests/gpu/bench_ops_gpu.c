@@ -237,6 +237,10 @@ static void kv_asm_bwd(void *c) {
 static void conv(void *c) { MemCtx *m = c; G->convert(m->t[0], m->t[1]); }
 static void ccols(void *c) { MemCtx *m = c; G->copy_cols(m->t[0], 0, m->t[1], m->i[0], m->t[0].shape[1], 0); }
 static void axpy1(void *c) { MemCtx *m = c; G->axpy(m->t[0], m->t[1], 1.0f); }
+static void balance(void *c) {
+    MemCtx *m = c;
+    G->moe_balance_loss(m->t[0], m->t[1], m->t[2], 4, 4096, m->i[0], 1e-4f, 1.0f);
+}
 static void xent(void *c) { MemCtx *m = c; G->cross_entropy_forward_backward(m->t[0], m->t[1], m->t[2], m->t[3], 0.5f); }
 
 static void *dev_i32(const int32_t *h, int64_t n) {
@@ -337,6 +341,13 @@ static void bench_memops(void) {
         snprintf(shape, sizeof shape, "(%lld,%lld) bf16 += x", (long long)NK, (long long)d);
         mem_row("axpy", shape, 3.0 * nkd2, axpy1, &a);
         for (int i = 0; i < 7; i++) G->free(m.t[i].data);
+        MemCtx bl = {.i = {(int)K}};
+        bl.t[0] = tensor_2d(G->alloc((size_t)(N * E) * 4), DT_F32, N, E);
+        bl.t[1] = tensor_2d(rand_dev(N * E, DT_F32, 1.0f), DT_F32, N, E);
+        bl.t[2] = topk;
+        mem_row("moe_balance_loss", "scores (16384,64) f32, 4 sequences (host sync)", 3.0 * N * E * 4 + NK * 4.0,
+                balance, &bl);
+        G->free(bl.t[0].data), G->free(bl.t[1].data);
         G->free(topk.data), G->free(offs.data), free(idx), free(off_h);
     }
     // SwiGLU over the routed experts' rows and the shared expert's
