@@ -1,7 +1,8 @@
 // Elementwise ops on the GPU: SwiGLU, axpy, and the column-block copy used for splits and concatenations.
 // Tensors of one op share a dtype (F32 or BF16); math in FP32. Grid-stride loops over 64-bit indices.
 // axpy and copy_cols use explicitly rounded multiply and add (__fmul_rn/__fadd_rn), so no fused multiply-add changes
-// the result: in FP32 they give the cpu op's bits exactly.
+// the result: in FP32 they give the cpu op's bits exactly. Also here: the DSV3_MEMOPS switch between the first
+// memory-bound kernels (v1) and the 16-byte-vector ones (v2; cuda_common.cuh), and the v2 forms of these ops.
 #include "kernels/cuda/cuda_common.cuh"
 
 #include <stdlib.h>
@@ -166,9 +167,13 @@ static const char *const MEMOPS_V2[] = {"embedding_forward", "embedding_backward
                                         "rope_apply", "mla_kv_assemble", "mla_kv_assemble_backward",
                                         "cross_entropy_forward_backward", "moe_balance_loss"};
 
+// What an unset or empty DSV3_MEMOPS means. v1 until the v2 kernels have passed tests/gpu on an H100; then "v2".
+static const char *const MEMOPS_DEFAULT = "v1";
+
 bool cuda_memops_v2(const char *op) {
     const char *e = getenv("DSV3_MEMOPS");
-    if (!e || !*e || !strcmp(e, "v1")) return false;
+    if (!e || !*e) e = MEMOPS_DEFAULT;
+    if (!strcmp(e, "v1")) return false;
     if (!strcmp(e, "v2")) return true;
     bool hit = false;
     for (const char *p = e;;) {
