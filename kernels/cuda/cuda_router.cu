@@ -288,6 +288,28 @@ __global__ void balance_p_partial_kernel(double *part, const float *scores, cons
     }
 }
 
+// v2 (DSV3_MEMOPS): the same sums, the same order, but each thread loads 8 tokens' scores and Z before adding them:
+// v1's loop waits for one load pair per token (64 dependent DRAM round trips per thread).
+__global__ void balance_p_partial_v2_kernel(double *part, const float *scores, const double *Z, int T_, int E,
+                                            int n_chunks) {
+    const int c = blockIdx.x, b = blockIdx.y;
+    const int64_t t0 = (int64_t)c * BALANCE_CHUNK, t1 = t0 + BALANCE_CHUNK < T_ ? t0 + BALANCE_CHUNK : T_;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double P = 0.0;
+        for (int64_t t = t0; t < t1; t += 8) {
+            float sv[8];
+            double zv[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (t + i < t1) sv[i] = scores[((int64_t)b * T_ + t + i) * E + e], zv[i] = Z[(int64_t)b * T_ + t + i];
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                if (t + i < t1) P += (double)sv[i] / zv[i] / T_;
+        }
+        part[((int64_t)b * n_chunks + c) * E + e] = P;
+    }
+}
+
 // One thread per (b, e): L[b, e] = f_e * P_e.
 __global__ void balance_p_kernel(double *L, const double *part, const int *cnt, int B, int E, int n_chunks,
                                  double f_scale) {
@@ -353,8 +375,12 @@ extern "C" void cuda_moe_balance_loss(Tensor loss, Tensor dscores, Tensor scores
     CUDA_LAUNCH_CHECK("balance_token_kernel");
     if (!loss.data) return; // the gradient alone (the backward pass) needs no P
     double *part = (double *)(scr + cnt_b + z_b + l_b + 256);
-    balance_p_partial_kernel<<<dim3((unsigned)n_chunks, (unsigned)B), E < 256 ? 64 : 256, 0, s>>>(
-        part, (const float *)scores.data, Z, T, (int)E, n_chunks);
+    if (cuda_memops_v2(op))
+        balance_p_partial_v2_kernel<<<dim3((unsigned)n_chunks, (unsigned)B), E < 256 ? 64 : 256, 0, s>>>(
+            part, (const float *)scores.data, Z, T, (int)E, n_chunks);
+    else
+        balance_p_partial_kernel<<<dim3((unsigned)n_chunks, (unsigned)B), E < 256 ? 64 : 256, 0, s>>>(
+            part, (const float *)scores.data, Z, T, (int)E, n_chunks);
     CUDA_LAUNCH_CHECK("balance_p_partial_kernel");
     balance_p_kernel<<<cuda_grid((int64_t)B * E, 128), 128, 0, s>>>(L, part, cnt, B, (int)E, n_chunks, f_scale);
     CUDA_LAUNCH_CHECK("balance_p_kernel");

@@ -1,9 +1,10 @@
 // Micro-benchmark of the cuda backend's heavy ops at the bench-1gpu shapes (dim 1536, 12 heads, qk head 192, v head
 // 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt, the
 // grouped (MoE) GEMMs (the one-launch BF16 kernels, mma.sync and wgmma, against the per-expert cuBLASLt loop, with
-// balanced and skewed rows per expert), and causal attention forward and backward. Prints milliseconds and TFLOP/s;
-// asserts nothing (timings vary from machine to machine).
-// Usage: build/bench_ops_gpu [iterations] [attention|grouped]   (only the attention / grouped GEMM rows)
+// balanced and skewed rows per expert), causal attention forward and backward (milliseconds and TFLOP/s), and the
+// memory-bound ops, each with its v1 and v2 kernels (DSV3_MEMOPS; milliseconds and GB/s). Asserts nothing (timings
+// vary from machine to machine).
+// Usage: build/bench_ops_gpu [iterations] [attention|grouped|memops]   (only those rows)
 //
 // FLOP counts: a GEMM is 2 M N K. Causal attention counts the visible half of the score matrix: forward
 // 2 B H (T^2 / 2) (D + DV) (QK^T and PV), backward 2 B H (T^2 / 2) (3 D + 2 DV) (QK^T recomputed, dP = dO V^T,
@@ -219,13 +220,258 @@ static void bench_attention(int B, int T, int H, int D, int DV, DType dt, int ve
     unsetenv("DSV3_ATTN_FWD"), unsetenv("DSV3_ATTN_BWD");
 }
 
+// ---- memory-bound ops: v1 and v2 (DSV3_MEMOPS=v2) of each op at the bench shapes ----
+// GB/s counts the bytes the op must move at the least (each input read once, each output written once, an accumulated
+// output read and written), over the time per call: against the ~2.9 TB/s an H100 copies at.
+
+typedef struct {
+    Tensor t[8];
+    int i[2];
+} MemCtx;
+
+static void mem_row(const char *op, const char *shape, double bytes, BenchFn fn, void *ctx) {
+    unsetenv("DSV3_MEMOPS");
+    const double t1 = time_it(fn, ctx);
+    setenv("DSV3_MEMOPS", "v2", 1);
+    const double t2 = time_it(fn, ctx);
+    unsetenv("DSV3_MEMOPS");
+    printf("memop %-24s %-44s | v1 %8.4f ms %6.0f GB/s | v2 %8.4f ms %6.0f GB/s | %6.2fx\n", op, shape, t1 * 1e3,
+           bytes / t1 * 1e-9, t2 * 1e3, bytes / t2 * 1e-9, t1 / t2);
+}
+
+static void emb_fwd(void *c) { MemCtx *m = c; G->embedding_forward(m->t[0], m->t[1], m->t[2]); }
+static void emb_bwd(void *c) { MemCtx *m = c; G->embedding_backward(m->t[0], m->t[1], m->t[2]); }
+static void gather(void *c) { MemCtx *m = c; G->moe_gather(m->t[0], m->t[1], m->t[2], m->i[0]); }
+static void gather_bwd(void *c) { MemCtx *m = c; G->moe_gather_backward(m->t[1], m->t[0], m->t[2], m->i[0], 0); }
+static void combine(void *c) { MemCtx *m = c; G->moe_combine(m->t[3], m->t[4], m->t[5], m->t[2], 1); }
+static void combine_bwd(void *c) {
+    MemCtx *m = c;
+    G->moe_combine_backward(m->t[0], m->t[6], m->t[1], m->t[4], m->t[5], m->t[2]);
+}
+static void swi_fwd(void *c) { MemCtx *m = c; G->swiglu_forward(m->t[0], m->t[1], m->t[2]); }
+static void swi_bwd(void *c) { MemCtx *m = c; G->swiglu_backward(m->t[3], m->t[4], m->t[0], m->t[1], m->t[2]); }
+static void norm_fwd(void *c) { MemCtx *m = c; G->rmsnorm_forward(m->t[0], m->t[1], m->t[2], m->t[3], 1e-6f); }
+static void norm_bwd(void *c) {
+    MemCtx *m = c;
+    G->rmsnorm_backward(m->t[4], m->t[5], m->t[6], m->t[2], m->t[3], m->t[1], m->i[0]);
+}
+static void rope(void *c) { MemCtx *m = c; G->rope_apply(m->t[0], m->i[0], 64, m->t[1], m->t[2], 4096, 0); }
+static void kv_asm(void *c) { MemCtx *m = c; G->mla_kv_assemble(m->t[0], m->t[1], m->t[2], m->t[3], 128, 64, 128); }
+static void kv_asm_bwd(void *c) {
+    MemCtx *m = c;
+    G->mla_kv_assemble_backward(m->t[2], m->t[3], m->t[0], m->t[1], 128, 64, 128);
+}
+static void conv(void *c) { MemCtx *m = c; G->convert(m->t[0], m->t[1]); }
+static void ccols(void *c) { MemCtx *m = c; G->copy_cols(m->t[0], 0, m->t[1], m->i[0], m->t[0].shape[1], 0); }
+static void axpy1(void *c) { MemCtx *m = c; G->axpy(m->t[0], m->t[1], 1.0f); }
+static void balance(void *c) {
+    MemCtx *m = c;
+    G->moe_balance_loss(m->t[3], m->t[0], m->t[1], m->t[2], 4, 4096, m->i[0], 1e-4f, 1.0f);
+}
+static void xent(void *c) { MemCtx *m = c; G->cross_entropy_forward_backward(m->t[0], m->t[1], m->t[2], m->t[3], 0.5f); }
+
+static void *dev_i32(const int32_t *h, int64_t n) {
+    void *d = G->alloc((size_t)n * 4);
+    G->upload(d, h, (size_t)n * 4);
+    return d;
+}
+
+// Token ids like byte-level text (bench-1gpu's tokenizer): id 32 in ~17% of the tokens, the rest on ~90 ids with
+// a Zipf-like decay; or uniform over V.
+static int32_t *bench_ids(int64_t N, int V, int bytes_like) {
+    int32_t *ids = xmalloc(sizeof(int32_t) * N);
+    uint64_t s = 777;
+    for (int64_t n = 0; n < N; n++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        const double u = (double)(s >> 11) * 0x1.0p-53;
+        if (!bytes_like) ids[n] = (int32_t)(u * V);
+        else if (u < 0.17) ids[n] = 32;
+        else {
+            const double r = (u - 0.17) / 0.83;
+            ids[n] = 33 + (int32_t)(90.0 * r * r * r);
+        }
+    }
+    return ids;
+}
+
+static void bench_memops(void) {
+    const int64_t N = 4 * 4096, d = 1536, V = 32768, K = 6, NK = N * K, I = 512;
+    const int E = 64;
+    char shape[96];
+    printf("memory-bound ops at the bench shapes (N %lld tokens, dim %lld, %d experts, top-%lld): v1 and v2 "
+           "(DSV3_MEMOPS=v2)\n", (long long)N, (long long)d, E, (long long)K);
+    MemCtx m;
+    // embedding
+    for (int b = 0; b < 3; b++) { // dout F32 byte-like ids, BF16 byte-like ids, F32 uniform ids
+        const DType gt = b == 1 ? DT_BF16 : DT_F32;
+        int32_t *ids = bench_ids(N, (int)V, b < 2);
+        char *seen = calloc((size_t)V, 1);
+        int64_t distinct = 0;
+        for (int64_t n = 0; n < N; n++) distinct += !seen[ids[n]], seen[ids[n]] = 1;
+        m.t[0] = tensor_2d(G->alloc((size_t)(V * d) * 4), DT_F32, V, d);
+        m.t[1] = tensor_2d(rand_dev(N * d, gt, 1.0f), gt, N, d);
+        m.t[2] = tensor_1d(dev_i32(ids, N), DT_I32, N);
+        snprintf(shape, sizeof shape, "(%lld,%lld) %s ids %s (%lld distinct)", (long long)N, (long long)d,
+                 gt == DT_BF16 ? "bf16" : "f32", b < 2 ? "byte-like" : "uniform", (long long)distinct);
+        mem_row("embedding_backward", shape, (double)N * d * dtype_size(gt) + 2.0 * distinct * d * 4 + N * 4.0,
+                emb_bwd, &m);
+        if (b == 0) {
+            MemCtx f = m;
+            f.t[0] = tensor_2d(G->alloc((size_t)(N * d) * 4), DT_F32, N, d);
+            f.t[1] = m.t[2];
+            f.t[2] = tensor_2d(rand_dev(V * d, DT_F32, 1.0f), DT_F32, V, d);
+            mem_row("embedding_forward", "(16384,1536) f32 table 32768 rows", 2.0 * N * d * 4 + N * 4.0, emb_fwd, &f);
+            G->free(f.t[0].data), G->free(f.t[2].data);
+        }
+        G->free(m.t[0].data), G->free(m.t[1].data), G->free(m.t[2].data);
+        free(ids), free(seen);
+    }
+    // MoE token movement: a routing with distinct experts per token, the backend's own plan
+    {
+        int32_t *idx = xmalloc(sizeof(int32_t) * NK), *off_h = xmalloc(sizeof(int32_t) * (E + 1));
+        uint64_t s = 4242;
+        for (int64_t t = 0; t < N; t++) {
+            int pm[64];
+            for (int e = 0; e < E; e++) pm[e] = e;
+            for (int k = 0; k < K; k++) { // partial Fisher-Yates: K distinct experts
+                s = s * 6364136223846793005ull + 1442695040888963407ull;
+                int j = k + (int)((s >> 33) % (uint64_t)(E - k)), tmp = pm[k];
+                pm[k] = pm[j], pm[j] = tmp;
+                idx[t * K + k] = pm[k];
+            }
+        }
+        Tensor topk = tensor_2d(dev_i32(idx, NK), DT_I32, N, K);
+        m.t[2] = tensor_1d(G->alloc((size_t)NK * 4), DT_I32, NK);
+        Tensor offs = tensor_1d(G->alloc((size_t)(E + 1) * 4), DT_I32, E + 1);
+        G->moe_dispatch_plan(m.t[2], offs, off_h, tensor_1d(NULL, DT_I32, E), topk, E);
+        m.i[0] = (int)K;
+        m.t[0] = tensor_2d(rand_dev(NK * d, DT_BF16, 1.0f), DT_BF16, NK, d); // xs / dxs / dys
+        m.t[1] = tensor_2d(rand_dev(N * d, DT_BF16, 1.0f), DT_BF16, N, d);   // x / dx / dout
+        m.t[3] = tensor_2d(rand_dev(N * d, DT_F32, 1.0f), DT_F32, N, d);     // the F32 stream
+        m.t[4] = tensor_2d(rand_dev(NK * d, DT_BF16, 1.0f), DT_BF16, NK, d); // ey
+        m.t[5] = tensor_2d(rand_dev(NK, DT_F32, 1.0f), DT_F32, N, K);        // gates
+        m.t[6] = tensor_2d(G->alloc((size_t)NK * 4), DT_F32, N, K);          // dgates
+        const double nd2 = (double)N * d * 2, nkd2 = (double)NK * d * 2;
+        snprintf(shape, sizeof shape, "x (%lld,%lld) bf16 -> (%lld,%lld)", (long long)N, (long long)d, (long long)NK,
+                 (long long)d);
+        mem_row("moe_gather", shape, nd2 + nkd2 + NK * 4.0, gather, &m);
+        snprintf(shape, sizeof shape, "(%lld,%lld) bf16 -> (%lld,%lld)", (long long)NK, (long long)d, (long long)N,
+                 (long long)d);
+        mem_row("moe_gather_backward", shape, nkd2 + nd2 + NK * 4.0, gather_bwd, &m);
+        snprintf(shape, sizeof shape, "ey (%lld,%lld) bf16 into f32 out (acc)", (long long)NK, (long long)d);
+        mem_row("moe_combine", shape, nkd2 + 4.0 * nd2 + NK * 8.0, combine, &m);
+        snprintf(shape, sizeof shape, "dout (%lld,%lld) ey/dys (%lld,%lld) bf16", (long long)N, (long long)d,
+                 (long long)NK, (long long)d);
+        mem_row("moe_combine_backward", shape, nd2 + 2.0 * nkd2 + NK * 12.0, combine_bwd, &m);
+        MemCtx a = m;
+        a.t[0] = m.t[0], a.t[1] = m.t[4];
+        snprintf(shape, sizeof shape, "(%lld,%lld) bf16 += x", (long long)NK, (long long)d);
+        mem_row("axpy", shape, 3.0 * nkd2, axpy1, &a);
+        for (int i = 0; i < 7; i++) G->free(m.t[i].data);
+        MemCtx bl = {.i = {(int)K}};
+        bl.t[0] = tensor_2d(G->alloc((size_t)(N * E) * 4), DT_F32, N, E);
+        bl.t[1] = tensor_2d(rand_dev(N * E, DT_F32, 1.0f), DT_F32, N, E);
+        bl.t[2] = topk;
+        bl.t[3] = tensor_1d(G->alloc(4), DT_F32, 1);
+        mem_row("moe_balance_loss", "scores (16384,64) f32, 4 sequences, loss and dscores", 3.0 * N * E * 4 + NK * 4.0,
+                balance, &bl);
+        G->free(bl.t[0].data), G->free(bl.t[1].data), G->free(bl.t[3].data);
+        G->free(topk.data), G->free(offs.data), free(idx), free(off_h);
+    }
+    // SwiGLU over the routed experts' rows and the shared expert's
+    static const int64_t swi_rows[2] = {4 * 4096 * 6, 4 * 4096};
+    for (int r = 0; r < 2; r++) {
+        const int64_t n = swi_rows[r] * I;
+        for (int i = 0; i < 5; i++) m.t[i] = tensor_2d(rand_dev(n, DT_BF16, 2.0f), DT_BF16, swi_rows[r], I);
+        snprintf(shape, sizeof shape, "(%lld,%lld) bf16", (long long)swi_rows[r], (long long)I);
+        mem_row("swiglu_forward", shape, 3.0 * n * 2, swi_fwd, &m);
+        mem_row("swiglu_backward", shape, 5.0 * n * 2, swi_bwd, &m);
+        for (int i = 0; i < 5; i++) G->free(m.t[i].data);
+    }
+    // RMSNorm: the residual norms (F32 stream -> BF16, BF16 dout into the F32 gradient) and the LoRA norms (BF16)
+    static const int64_t widths[3] = {1536, 512, 256};
+    for (int wi = 0; wi < 3; wi++) {
+        const int64_t w = widths[wi];
+        const DType ti = wi == 0 ? DT_F32 : DT_BF16;
+        const double ei = (double)dtype_size(ti);
+        m.t[0] = tensor_2d(G->alloc((size_t)(N * w) * 2), DT_BF16, N, w);          // out
+        m.t[1] = tensor_1d(G->alloc((size_t)N * 4), DT_F32, N);                    // rstd
+        m.t[2] = tensor_2d(rand_dev(N * w, ti, 2.0f), ti, N, w);                   // inp
+        m.t[3] = tensor_1d(rand_dev(w, DT_BF16, 1.0f), DT_BF16, w);                // w
+        m.t[4] = tensor_2d(rand_dev(N * w, ti, 1.0f), ti, N, w);                   // dinp
+        m.t[5] = tensor_1d(G->alloc((size_t)w * 4), DT_F32, w);                    // dw
+        m.t[6] = tensor_2d(rand_dev(N * w, DT_BF16, 1.0f), DT_BF16, N, w);         // dout
+        m.i[0] = wi == 0; // the residual gradient accumulates; the LoRA ones overwrite
+        norm_fwd(&m);     // rstd for the backward
+        snprintf(shape, sizeof shape, "(%lld,%lld) %s -> bf16", (long long)N, (long long)w, ti == DT_F32 ? "f32" : "bf16");
+        mem_row("rmsnorm_forward", shape, (double)N * w * (ei + 2), norm_fwd, &m);
+        snprintf(shape, sizeof shape, "(%lld,%lld) bf16 dout -> %s dinp%s + dw", (long long)N, (long long)w,
+                 ti == DT_F32 ? "f32" : "bf16", m.i[0] ? " (acc)" : "");
+        mem_row("rmsnorm_backward", shape, (double)N * w * (2 + ei + ei * (m.i[0] ? 2 : 1)) + N * 4.0, norm_bwd, &m);
+        for (int i = 0; i < 7; i++) G->free(m.t[i].data);
+    }
+    // MLA: RoPE on q's rope part and on k_rope; the key/value assembly and its backward
+    {
+        const int64_t H = 12, nope = 128, rope_d = 64, dv = 128, T = 4096;
+        m.t[1] = tensor_2d(rand_dev(T * rope_d / 2, DT_F32, 1.0f), DT_F32, T, rope_d / 2);
+        m.t[2] = tensor_2d(rand_dev(T * rope_d / 2, DT_F32, 1.0f), DT_F32, T, rope_d / 2);
+        m.t[0] = tensor_3d(rand_dev(N * H * (nope + rope_d), DT_BF16, 1.0f), DT_BF16, N, H, nope + rope_d);
+        m.i[0] = (int)nope;
+        mem_row("rope_apply", "q (16384,12,192) bf16 [128:+64]", 2.0 * N * H * rope_d * 2, rope, &m);
+        G->free(m.t[0].data);
+        m.t[0] = tensor_3d(rand_dev(N * rope_d, DT_BF16, 1.0f), DT_BF16, N, 1, rope_d);
+        m.i[0] = 0;
+        mem_row("rope_apply", "k_rope (16384,1,64) bf16", 2.0 * N * rope_d * 2, rope, &m);
+        G->free(m.t[0].data), G->free(m.t[1].data), G->free(m.t[2].data);
+        m.t[0] = tensor_3d(rand_dev(N * H * (nope + rope_d), DT_BF16, 1.0f), DT_BF16, N, H, nope + rope_d); // k / dk
+        m.t[1] = tensor_3d(rand_dev(N * H * dv, DT_BF16, 1.0f), DT_BF16, N, H, dv);                      // v / dv
+        m.t[2] = tensor_2d(rand_dev(N * H * (nope + dv), DT_BF16, 1.0f), DT_BF16, N, H * (nope + dv));   // kv / dkv
+        m.t[3] = tensor_2d(rand_dev(N * rope_d, DT_BF16, 1.0f), DT_BF16, N, rope_d);                     // k_rope
+        const double kvb = (double)N * H * (nope + dv) * 2, kb = (double)N * H * (nope + rope_d) * 2;
+        const double vb = (double)N * H * dv * 2, krb = (double)N * rope_d * 2;
+        mem_row("mla_kv_assemble", "(16384,12) nope 128 rope 64 v 128 bf16", kvb + krb + kb + vb, kv_asm, &m);
+        mem_row("mla_kv_assemble_backward", "(16384,12) nope 128 rope 64 v 128 bf16", kb + vb + kvb + krb, kv_asm_bwd,
+                &m);
+        for (int i = 0; i < 4; i++) G->free(m.t[i].data);
+    }
+    // convert (the BF16 view of the F32 residual gradient) and copy_cols (MLA's [c_kv ; k_rope] split)
+    m.t[0] = tensor_2d(G->alloc((size_t)(N * d) * 2), DT_BF16, N, d);
+    m.t[1] = tensor_2d(rand_dev(N * d, DT_F32, 1.0f), DT_F32, N, d);
+    mem_row("convert", "(16384,1536) f32 -> bf16", (double)N * d * 6, conv, &m);
+    G->free(m.t[0].data), G->free(m.t[1].data);
+    m.t[0] = tensor_2d(G->alloc((size_t)(N * 256) * 2), DT_BF16, N, 256);
+    m.t[1] = tensor_2d(rand_dev(N * 320, DT_BF16, 1.0f), DT_BF16, N, 320);
+    m.i[0] = 0;
+    mem_row("copy_cols", "(16384,256) <- (16384,320)[0:256] bf16", (double)N * 256 * 4, ccols, &m);
+    G->free(m.t[0].data), G->free(m.t[1].data);
+    // cross-entropy over one head chunk (HEAD_CHUNK_ELEMS / V rows): F32 logits, BF16 dlogits
+    {
+        const int64_t R = ((int64_t)1 << 26) / V;
+        int32_t *tg = bench_ids(R, (int)V, 0);
+        m.t[0] = tensor_1d(G->alloc((size_t)R * 4), DT_F32, R);
+        m.t[1] = tensor_2d(G->alloc((size_t)(R * V) * 2), DT_BF16, R, V);
+        m.t[2] = tensor_2d(rand_dev(R * V, DT_F32, 4.0f), DT_F32, R, V);
+        m.t[3] = tensor_1d(dev_i32(tg, R), DT_I32, R);
+        snprintf(shape, sizeof shape, "logits (%lld,%lld) f32 -> bf16 dlogits", (long long)R, (long long)V);
+        mem_row("cross_entropy_fwd_bwd", shape, (double)R * V * 6 + R * 8.0, xent, &m);
+        for (int i = 0; i < 4; i++) G->free(m.t[i].data);
+        free(tg);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) g_iters = atoi(argv[1]);
-    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention|grouped]", argv[0]);
+    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention|grouped|memops]", argv[0]);
     const char *only = argc > 2 ? argv[2] : "";
-    if (*only && strcmp(only, "attention") && strcmp(only, "grouped"))
-        die("usage: %s [iterations >= 1] [attention|grouped]: unknown argument '%s'", argv[0], only);
+    if (*only && strcmp(only, "attention") && strcmp(only, "grouped") && strcmp(only, "memops"))
+        die("usage: %s [iterations >= 1] [attention|grouped|memops]: unknown argument '%s'", argv[0], only);
+    const int mem_only = !strcmp(only, "memops");
     G = backend_get("cuda");
+    if (mem_only) {
+        printf("cuda backend micro-benchmark (%d iterations after 2 warm-ups)\n", g_iters);
+        bench_memops();
+        return 0;
+    }
     const int64_t M = 4 * 4096; // tokens of one micro-batch
     printf("cuda backend micro-benchmark (%d iterations after 2 warm-ups)\n", g_iters);
     if (!*only) {
@@ -254,5 +500,6 @@ int main(int argc, char **argv) {
         bench_attention(1, 4096, 12, 192, 128, DT_BF16, 2);
         bench_attention(1, 4096, 12, 192, 128, DT_BF16, 3);
     }
+    if (!*only) bench_memops();
     return 0;
 }

@@ -1,5 +1,6 @@
 // cuda vs cpu for the v2 memory-bound kernels (DSV3_MEMOPS=v2, kernels/cuda/cuda_common.cuh): RMSNorm forward and
-// backward (dw fused into the dx pass), SwiGLU, axpy, convert, copy_cols, RoPE and the MLA key/value assembly; and
+// backward (dw fused into the dx pass), SwiGLU, axpy, convert, copy_cols, RoPE, the MLA key/value assembly and the
+// softmax cross-entropy (one online pass for max and sum); and
 // the DSV3_MEMOPS selection itself. Each op runs at the bench-1gpu shapes, at small and odd shapes, on unaligned
 // views (where v2 must hand over to v1), in F32 and BF16 and the model's mixed forms.
 //
@@ -10,10 +11,10 @@
 // adds one rounding (rtol 1e-2).
 #include "tests/gpu/gpu_testutil.h"
 
-static void memops(const char *v) {
-    if (v) setenv("DSV3_MEMOPS", v, 1);
-    else unsetenv("DSV3_MEMOPS");
-}
+// The kernel set for the next calls; NULL: the first set (v1) by name, not the unset default (which is v2 for the
+// ops that passed on a GPU), so that every "= v1" comparison here compares two sets. Each test runs in its own
+// process, so the variable does not outlive it.
+static void memops(const char *v) { setenv("DSV3_MEMOPS", v ? v : "v1", 1); }
 
 static const char *dts(DType t) { return t == DT_BF16 ? "bf16" : "f32"; }
 
@@ -329,7 +330,7 @@ static void check_kv(int N, int H, int nope, int rope, int dv) {
         for (int ver = 0; ver <= 1; ver++) {
             void *d_k = gt_dev_poison(nk, dt), *d_v = gt_dev_poison(nv, dt), *d_dkv = gt_dev_poison(nkv, dt);
             void *d_dkr = gt_dev_poison((int64_t)N * rope, dt);
-            memops(ver ? "v2" : NULL);
+            memops(ver ? "v2" : "v1");
             G->mla_kv_assemble(tensor_3d(d_k, dt, N, H, nope + rope), tensor_3d(d_v, dt, N, H, dv),
                                tensor_2d(d_kv, dt, N, H * (nope + dv)), tensor_2d(d_kr, dt, N, rope), nope, rope, dv);
             G->mla_kv_assemble_backward(tensor_2d(d_dkv, dt, N, H * (nope + dv)), tensor_2d(d_dkr, dt, N, rope),
@@ -362,4 +363,68 @@ TEST(gpu_memops_mla_kv_assemble) {
     check_kv(38, 4, 16, 8, 16);
     check_kv(38, 4, 16, 8, 12);       // dv 12: the backward takes v1
     check_kv(5, 3, 5, 3, 7);          // odd: v1
+}
+
+// ---- cross-entropy ----
+
+static void check_ce(int N, int V, float amp, DType dt_grad) {
+    float *x = ops_rand((int64_t)N * V, amp);
+    int32_t *tg = malloc(sizeof(int32_t) * N);
+    for (int n = 0; n < N; n++) tg[n] = (int32_t)(ops_rng_u64() % V);
+    if (N > 2 && V > 8) { // a row with -inf logits (masked entries) and a row with a NaN (its loss is NaN)
+        for (int j = 0; j < V; j += 3) x[(int64_t)V + j] = j == tg[1] ? 0.0f : -INFINITY;
+        x[2 * (int64_t)V + V / 2] = NAN;
+    }
+    float *loss = malloc(sizeof(float) * N), *dl = malloc(sizeof(float) * N * (int64_t)V);
+    C->cross_entropy_forward_backward(tensor_1d(loss, DT_F32, N), tensor_2d(dl, DT_F32, N, V),
+                                      tensor_2d(x, DT_F32, N, V), tensor_1d(tg, DT_I32, N), 0.125f);
+    void *d_x = gt_dev(x, (int64_t)N * V, DT_F32), *d_tg = gt_dev_i32(tg, N), *d_loss = gt_dev_poison(N, DT_F32);
+    void *d_dl = gt_dev_poison((int64_t)N * V, dt_grad);
+    memops("v2");
+    G->cross_entropy_forward_backward(tensor_1d(d_loss, DT_F32, N), tensor_2d(d_dl, dt_grad, N, V),
+                                      tensor_2d(d_x, DT_F32, N, V), tensor_1d(d_tg, DT_I32, N), 0.125f);
+    memops(NULL);
+    char what[96];
+    snprintf(what, sizeof what, "v2 cross_entropy N %d V %d loss (dlogits %s)", N, V, dts(dt_grad));
+    GT_CLOSE(what, gt_host(d_loss, N, DT_F32), loss, N, 1e-4, 1e-5);
+    if (dt_grad == DT_F32) GT_CLOSE("    dlogits", gt_host(d_dl, (int64_t)N * V, DT_F32), dl, (int64_t)N * V, 1e-4, 1e-5);
+    else GT_CLOSE("    dlogits bf16", gt_host(d_dl, (int64_t)N * V, DT_BF16), dl, (int64_t)N * V, 4e-3, 1e-5);
+    if (dt_grad == DT_F32) { // in place over the logits (the model's F32 use), then losses only
+        void *d_l2 = gt_dev_poison(N, DT_F32), *d_x2 = gt_dev(x, (int64_t)N * V, DT_F32), *d_l3 = gt_dev_poison(N, DT_F32);
+        memops("v2");
+        G->cross_entropy_forward_backward(tensor_1d(d_l2, DT_F32, N), tensor_2d(d_x, DT_F32, N, V),
+                                          tensor_2d(d_x, DT_F32, N, V), tensor_1d(d_tg, DT_I32, N), 0.125f);
+        G->cross_entropy_forward_backward(tensor_1d(d_l3, DT_F32, N), tensor_2d(NULL, DT_F32, N, V),
+                                          tensor_2d(d_x2, DT_F32, N, V), tensor_1d(d_tg, DT_I32, N), 0.125f);
+        memops(NULL);
+        GT_CLOSE("    loss (aliased)", gt_host(d_l2, N, DT_F32), loss, N, 1e-4, 1e-5);
+        GT_CLOSE("    dlogits (aliased)", gt_host(d_x, (int64_t)N * V, DT_F32), dl, (int64_t)N * V, 1e-4, 1e-5);
+        GT_CLOSE("    loss only", gt_host(d_l3, N, DT_F32), loss, N, 1e-4, 1e-5);
+    }
+}
+
+TEST(gpu_memops_cross_entropy) {
+    gt_init(108);
+    check_ce(1, 1, 1.0f, DT_F32); // V % 4 != 0: v1
+    check_ce(5, 8, 3.0f, DT_F32);
+    check_ce(64, 1000, 5.0f, DT_F32);
+    check_ce(7, 1002, 5.0f, DT_BF16); // v1
+    check_ce(8, 129280, 4.0f, DT_F32);
+    check_ce(2048, 32768, 4.0f, DT_BF16); // the bench head chunk
+}
+
+static void bad_target(void *ctx) {
+    (void)ctx;
+    setenv("DSV3_MEMOPS", "v2", 1);
+    const Backend *g = backend_get("cuda");
+    int32_t tg[3] = {0, 9, 3};
+    void *d_tg = g->alloc(12), *d_x = g->alloc(3 * 8 * 4), *d_l = g->alloc(12);
+    g->upload(d_tg, tg, 12);
+    g->cross_entropy_forward_backward(tensor_1d(d_l, DT_F32, 3), tensor_2d(d_x, DT_F32, 3, 8),
+                                      tensor_2d(d_x, DT_F32, 3, 8), tensor_1d(d_tg, DT_I32, 3), 1.0f);
+    g->synchronize();
+}
+
+TEST(gpu_memops_cross_entropy_bad_target_dies) {
+    EXPECT_DIE(bad_target, NULL, "cross_entropy_forward_backward: targets[1] = 9 is outside [0, 8)");
 }

@@ -13,13 +13,13 @@
 // sums: rtol 1e-5 plus 1e-5 of the largest entry). Inputs: distinct ids (exact), crafted run lengths around the
 // chunk boundaries, and byte-level text statistics at the bench shape (16384 tokens, d 1536, a few hundred ids, the
 // most frequent in ~17% of tokens: runs of thousands, the case that took v1 3.6 ms). Deterministic: two runs must give
-// the same bits.
+// the same bits. The balance loss v2 only batches loads: v1's bits.
 #include "tests/gpu/gpu_testutil.h"
 
-static void memops(const char *v) {
-    if (v) setenv("DSV3_MEMOPS", v, 1);
-    else unsetenv("DSV3_MEMOPS");
-}
+// The kernel set for the next calls; NULL: the first set (v1) by name, not the unset default (which is v2 for the
+// ops that passed on a GPU), so that every "= v1" comparison here compares two sets. Each test runs in its own
+// process, so the variable does not outlive it.
+static void memops(const char *v) { setenv("DSV3_MEMOPS", v ? v : "v1", 1); }
 
 static void shuffle(int *p, int n) {
     for (int i = n - 1; i > 0; i--) {
@@ -301,4 +301,48 @@ static void bad_embedding_fwd(void *ctx) {
 TEST(gpu_memops_embedding_bad_id_dies_with_its_index) {
     EXPECT_DIE(bad_embedding_bwd, NULL, "embedding_backward: ids[2] = 1000 is outside [0, 1000)");
     EXPECT_DIE(bad_embedding_fwd, NULL, "embedding_forward: ids[2] = -7 is outside [0, 1000)");
+}
+
+// ---- sequence-wise balance loss: v2 only reorders loads, so its loss and gradient are v1's bits ----
+
+static void check_balance_v2(int B, int T, int E, int K) {
+    const int N = B * T;
+    float *scores = ops_rand((int64_t)N * E, 3.0f);
+    for (int64_t i = 0; i < (int64_t)N * E; i++) scores[i] = 1.0f / (1.0f + expf(-scores[i]));
+    int32_t *idx = malloc(sizeof(int32_t) * N * K);
+    int *pm = malloc(sizeof(int) * E);
+    for (int t = 0; t < N; t++) {
+        for (int e = 0; e < E; e++) pm[e] = e;
+        shuffle(pm, E);
+        for (int k = 0; k < K; k++) idx[t * K + k] = pm[k];
+    }
+    float *want = malloc(sizeof(float) * N * E), lc = 0;
+    C->moe_balance_loss(tensor_1d(&lc, DT_F32, 1), tensor_2d(want, DT_F32, N, E), tensor_2d(scores, DT_F32, N, E),
+                        tensor_2d(idx, DT_I32, N, K), B, T, K, 1e-4f, 0.5f);
+    void *d_s = gt_dev(scores, (int64_t)N * E, DT_F32), *d_i = gt_dev_i32(idx, (int64_t)N * K);
+    float l[2];
+    float *ds[2];
+    for (int ver = 0; ver <= 1; ver++) {
+        void *d_ds = gt_dev_poison((int64_t)N * E, DT_F32), *d_l = gt_dev_poison(1, DT_F32);
+        memops(ver ? "v2" : "v1");
+        G->moe_balance_loss(tensor_1d(d_l, DT_F32, 1), tensor_2d(d_ds, DT_F32, N, E), tensor_2d(d_s, DT_F32, N, E),
+                            tensor_2d(d_i, DT_I32, N, K), B, T, K, 1e-4f, 0.5f);
+        memops(NULL);
+        ds[ver] = gt_host(d_ds, (int64_t)N * E, DT_F32);
+        l[ver] = gt_host(d_l, 1, DT_F32)[0];
+        G->free(d_ds), G->free(d_l);
+    }
+    printf("    balance loss B%d T%d E%d K%d: v2 %.9g v1 %.9g cpu %.9g\n", B, T, E, K, l[1], l[0], lc);
+    ASSERT(l[1] == l[0]);
+    ASSERT_NEAR(l[1], lc, 1e-6, 0);
+    GT_EXACT("v2 balance dscores = v1", ds[1], ds[0], (int64_t)N * E);
+    GT_CLOSE("v2 balance dscores", ds[1], want, (int64_t)N * E, 1e-6, 1e-6);
+}
+
+TEST(gpu_memops_balance_loss) {
+    gt_init(94);
+    check_balance_v2(1, 1, 4, 1);
+    check_balance_v2(2, 100, 64, 6);
+    check_balance_v2(4, 4096, 64, 6); // the bench micro-batch
+    check_balance_v2(1, 4097, 256, 8);
 }
