@@ -31,13 +31,6 @@ __device__ __forceinline__ float wg_exp2(float x) {
     return y;
 }
 
-// Keeps the compiler from moving reads of wgmma results above the wgmma.wait_group that completes them (and writes
-// below the wgmma that reads them): an empty asm that "modifies" every register of the fragment.
-template <int N> __device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
 // 4-byte global -> shared copy (F32 row statistics); valid == false zero-fills (src not read, but a valid address).
 __device__ __forceinline__ void wg_cp_async4(uint32_t dst, const void *src, bool valid) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));

@@ -279,6 +279,7 @@ template <class Cfg, class P> __device__ __forceinline__ void wg_pipeline(const 
             slot = slot + 1 == S ? 0 : slot + 1;
         }
         wg_wait<0>();
+        wg_fence_regs(d); // the epilogue's reads stay below the wait
         p.store(ct, d);
         ct = nt, cv = nv, cj++;
     }

@@ -54,6 +54,13 @@ __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.s
 template <int N> __device__ __forceinline__ void wg_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// Keeps the compiler from moving reads of wgmma results above the wgmma.wait_group that completes them (and writes
+// below the wgmma that reads them): an empty asm that "modifies" every register of the fragment. The wait itself
+// names no registers, so without this nothing in the source orders the two.
+template <int N> __device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
 // Generic-proxy writes to shared memory (st.shared, cp.async) -> visible to wgmma's async-proxy reads.
 __device__ __forceinline__ void wg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
