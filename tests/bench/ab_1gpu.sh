@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # A/B of the cuda kernel sets on configs/bench-1gpu.yaml (MTP 0, BF16): the same short run under each environment
-# setting below, printing its throughput line and its last step's losses, so that a new kernel set's speed and its
-# agreement with the default (losses equal to 4-5 digits over a few steps) come from one command and one GPU. The
-# settings: the defaults, then each opt-in set (DSV3_GG=wg: wgmma grouped GEMMs; DSV3_ATTN_BWD=wg: wgmma attention
-# backward; DSV3_MEMOPS=v2: every memory-bound v2 kernel), then all of them. A benchmark: it asserts nothing.
+# setting below, printing its throughput line and its last step's losses, so that a kernel set's speed and its
+# agreement with another (losses equal to 4-5 digits over a few steps) come from one command and one GPU. Default
+# list: the defaults (wgmma grouped GEMMs and attention, memory-bound v2), then each earlier set in their place
+# (DSV3_GG=mma, DSV3_ATTN_FWD/BWD=v2, DSV3_MEMOPS=v1), then all earlier sets. A benchmark: it asserts nothing.
 #
 #     bash tests/bench/ab_1gpu.sh [build dir]      (STEPS=5 by default; SETTINGS="env ..." replaces the list, ';'-separated)
 set -euo pipefail
 BUILD=${1:-build}
 STEPS=${STEPS:-5}
-SETTINGS=${SETTINGS:-"default;DSV3_GG=wg;DSV3_ATTN_BWD=wg;DSV3_MEMOPS=v2;DSV3_GG=wg DSV3_ATTN_BWD=wg DSV3_MEMOPS=v2"}
+SETTINGS=${SETTINGS:-"default;DSV3_GG=mma;DSV3_ATTN_FWD=v2 DSV3_ATTN_BWD=v2;DSV3_MEMOPS=v1;DSV3_GG=mma DSV3_ATTN_FWD=v2 DSV3_ATTN_BWD=v2 DSV3_MEMOPS=v1"}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 IFS=';' read -r -a list <<<"$SETTINGS"
