@@ -9,6 +9,7 @@
 #ifndef CUDA_ATTENTION_TC_IMPL_CUH
 #define CUDA_ATTENTION_TC_IMPL_CUH
 #include "kernels/cuda/cuda_attention_tc.cuh"
+#include "kernels/cuda/cuda_mma.cuh" // smem_u32, ldmatrix, mma.sync m16n8k16, cp.async
 
 #include <math.h>
 
@@ -20,35 +21,10 @@ static_assert((PAD * 2) % 16 == 0 && ((PAD * 2) / 16) % 2 == 1,
               "padding: an odd number of 16-byte chunks, so (16-multiple row + pad) strides are odd multiples of 16 B");
 constexpr size_t SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum on sm_90
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-// c += a (16 x 16, row) * b (16 x 8, col); BF16 inputs, FP32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lower address, lower column) = lo
     return *reinterpret_cast<uint32_t *>(&v);
 }
-// 16-byte global -> shared copy; valid == false zero-fills (src-size 0, src not read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // A fragment (16 x 16) of rows [r0, r0 + 16), columns [c0, c0 + 16) of a row-major tile.
 __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *tile, int stride, int r0, int c0, int lane) {

@@ -3,7 +3,6 @@
 // accumulators. Fragment layouts are PTX's: for mma.m16n8k16 a thread (lane = 4 g + tq) holds A rows g and g + 8,
 // columns 2 tq (+1) and 2 tq + 8 (+1); B columns (n) g, rows (k) 2 tq (+1) and 2 tq + 8 (+1); C rows g and g + 8,
 // columns 2 tq (+1).
-// cuda_attention_tc.cu has its own copies of the same helpers (it predates this header).
 #ifndef CUDA_MMA_CUH
 #define CUDA_MMA_CUH
 
