@@ -82,6 +82,16 @@ static int64_t g_steps;
 static double g_wall;          // seconds of active profiling before g_wall_since
 static double g_wall_since;    // monotonic time the current active span began
 
+// The GEMM ops again, split by shape: a dense or grouped GEMM family's time hides which product is slow (a small-N
+// projection or a short-K expert GEMM runs far below the large ones), so each (op, M, N, K, products) gets its own
+// row. M: the rows of inp (grouped: the rows the segments cover); N, K: w's (N, K); products: 1 forward, else the
+// bit mask 1 dinp | 2 dw of the backward. Shapes past the table's capacity fall into one last "other" row.
+typedef struct { int op; int64_t m, n, k, e; int products; OpCounter c; } ShapeRow;
+enum { SHAPE_ROWS = 96 };
+static ShapeRow g_shape[SHAPE_ROWS];
+static int g_n_shape;
+static int g_shape_overflow; // a call found the table full: it counted into the last row, marked "other"
+
 static double mono_s(void) {
     struct timespec ts;
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) die("profile: clock_gettime(CLOCK_MONOTONIC) failed");
@@ -93,7 +103,8 @@ static double prof_begin(void) {
     return mono_s();
 }
 
-static void prof_end(int op, double t0, double flops, double bytes) {
+// Returns the op's seconds.
+static double prof_end(int op, double t0, double flops, double bytes) {
     g_inner->synchronize();
     double t1 = mono_s();
     OpCounter *c = &g_count[op];
@@ -101,6 +112,30 @@ static void prof_end(int op, double t0, double flops, double bytes) {
     c->seconds += t1 - t0;
     c->flops += flops;
     c->bytes += bytes;
+    return t1 - t0;
+}
+
+static const char *shape_products(const ShapeRow *r) {
+    if (r->op == OP_matmul_forward || r->op == OP_grouped_matmul_forward) return "fwd";
+    return r->products == 1 ? "dinp" : r->products == 2 ? "dw" : r->products == 3 ? "dinp+dw" : "none";
+}
+
+static void shape_add(int op, int64_t m, int64_t n, int64_t k, int64_t e, int products, double seconds,
+                      double flops) {
+    int i = 0;
+    while (i < g_n_shape && !(g_shape[i].op == op && g_shape[i].m == m && g_shape[i].n == n && g_shape[i].k == k &&
+                              g_shape[i].e == e && g_shape[i].products == products))
+        i++;
+    if (i == g_n_shape) {
+        if (g_n_shape == SHAPE_ROWS) {
+            i = SHAPE_ROWS - 1, g_shape_overflow = 1;
+        } else {
+            g_shape[g_n_shape++] = (ShapeRow){.op = op, .m = m, .n = n, .k = k, .e = e, .products = products};
+        }
+    }
+    g_shape[i].c.calls++;
+    g_shape[i].c.seconds += seconds;
+    g_shape[i].c.flops += flops;
 }
 
 // Runs `call` timed (or straight through when inactive). The work expressions are evaluated after the call, once
@@ -139,6 +174,12 @@ static double grouped_flops(Tensor w, Tensor offsets, const int32_t *offsets_hos
     return 2.0 * (double)(last - first) * (double)w.shape[1] * (double)w.shape[2];
 }
 
+// The rows a grouped product covered, from its FLOPs (2 R N K) and w (E, N, K).
+static int64_t grouped_rows(Tensor w, double flops) {
+    double nk = w.ndim == 3 ? (double)w.shape[1] * (double)w.shape[2] : 0;
+    return nk > 0 ? (int64_t)llround(flops / (2.0 * nk)) : 0;
+}
+
 // Causal attention over q (B, T, H, D) and v (B, T, H, DV): the visible half T^2 / 2 of the score matrix.
 static double attention_flops(Tensor q, Tensor v, int backward) {
     double B = (double)q.shape[0], T = (double)q.shape[1], H = (double)q.shape[2];
@@ -170,21 +211,38 @@ static void profiled_memory_in_use(size_t *used, size_t *total) {
     PROF_CALL(memory_in_use, 0, 0, g_inner->memory_in_use(used, total));
 }
 
+// The GEMM wrappers time like PROF_CALL and also add the call to its shape row.
+#define PROF_GEMM(op, m, n, k, e, products, flops, call)                                                            \
+    do {                                                                                                             \
+        if (!g_active) { call; break; }                                                                              \
+        double t0_ = prof_begin();                                                                                   \
+        call;                                                                                                        \
+        double dt_ = prof_end(OP_##op, t0_, (flops), 0);                                                             \
+        shape_add(OP_##op, (m), (n), (k), (e), (products), dt_, (flops));                                            \
+    } while (0)
+
+static int64_t gemm_rows(Tensor inp, Tensor w) { return w.shape[1] ? tensor_numel(&inp) / w.shape[1] : 0; }
+
 static void profiled_matmul_forward(Tensor out, Tensor inp, Tensor w, int acc) {
-    PROF_CALL(matmul_forward, gemm_flops(inp, w), 0, g_inner->matmul_forward(out, inp, w, acc));
+    PROF_GEMM(matmul_forward, gemm_rows(inp, w), w.shape[0], w.shape[1], 0, 1, gemm_flops(inp, w),
+              g_inner->matmul_forward(out, inp, w, acc));
 }
 static void profiled_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int acc) {
-    PROF_CALL(matmul_backward, ((dinp.data != NULL) + (dw.data != NULL)) * gemm_flops(inp, w), 0,
+    PROF_GEMM(matmul_backward, gemm_rows(inp, w), w.shape[0], w.shape[1], 0,
+              (dinp.data != NULL) | (dw.data != NULL) << 1,
+              ((dinp.data != NULL) + (dw.data != NULL)) * gemm_flops(inp, w),
               g_inner->matmul_backward(dinp, dw, dout, inp, w, acc));
 }
 static void profiled_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor off, const int32_t *off_h) {
     const double flops = grouped_flops(w, off, off_h);
-    PROF_CALL(grouped_matmul_forward, flops, 0, g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
+    PROF_GEMM(grouped_matmul_forward, grouped_rows(w, flops), w.shape[1], w.shape[2], w.shape[0], 1, flops,
+              g_inner->grouped_matmul_forward(out, inp, w, off, off_h));
 }
 static void profiled_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor off,
                                              const int32_t *off_h, int acc) {
-    const double flops = ((dinp.data != NULL) + (dw.data != NULL)) * grouped_flops(w, off, off_h);
-    PROF_CALL(grouped_matmul_backward, flops, 0,
+    const double one = grouped_flops(w, off, off_h);
+    PROF_GEMM(grouped_matmul_backward, grouped_rows(w, one), w.shape[1], w.shape[2], w.shape[0],
+              (dinp.data != NULL) | (dw.data != NULL) << 1, ((dinp.data != NULL) + (dw.data != NULL)) * one,
               g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h, acc));
 }
 
@@ -335,6 +393,8 @@ const Backend *profile_wrap(const Backend *inner) {
 
 void profile_reset(void) {
     memset(g_count, 0, sizeof g_count);
+    memset(g_shape, 0, sizeof g_shape);
+    g_n_shape = 0, g_shape_overflow = 0;
     g_steps = 0;
     g_wall = 0;
     g_wall_since = mono_s();
@@ -371,6 +431,16 @@ ProfileStat profile_get(const char *name) {
     die("profile_get: no backend op is named \"%s\"", name ? name : "(null)");
 }
 
+int profile_n_gemm_shapes(void) { return g_n_shape; }
+
+ProfileGemmShape profile_gemm_shape(int i) {
+    CHECK(i >= 0 && i < g_n_shape, "profile_gemm_shape: shape index %d outside [0, %d)", i, g_n_shape);
+    const ShapeRow *r = &g_shape[i];
+    return (ProfileGemmShape){.op = op_info[r->op].name, .products = shape_products(r), .m = r->m, .n = r->n,
+                              .k = r->k, .experts = r->e, .calls = r->c.calls, .seconds = r->c.seconds,
+                              .flops = r->c.flops};
+}
+
 // The family rows: sums of their ops; has_flops when any op of the family counts FLOPs.
 static void family_stats(ProfileStat *fam) {
     for (int f = 0; f < FAM_COUNT; f++) fam[f] = (ProfileStat){.family = family_names[f]};
@@ -405,6 +475,35 @@ static void rate_cell(char *buf, size_t n, int known, double work, double second
 }
 
 // ---- output ----
+
+
+static int shape_by_time_desc(const void *a, const void *b) {
+    const ShapeRow *x = a, *y = b;
+    if (x->c.seconds != y->c.seconds) return x->c.seconds < y->c.seconds ? 1 : -1;
+    return 0;
+}
+
+// The GEMM rows by shape, slowest total first: products of M x N x K (grouped: over E experts).
+static void shape_report(FILE *out) {
+    if (g_n_shape == 0) return;
+    ShapeRow rows[SHAPE_ROWS];
+    memcpy(rows, g_shape, (size_t)g_n_shape * sizeof rows[0]);
+    qsort(rows, (size_t)g_n_shape, sizeof rows[0], shape_by_time_desc);
+    fprintf(out, "%-24s %-8s %8s %6s %6s %4s %8s %10s %10s %9s\n", "gemm by shape", "products", "M", "N", "K", "E",
+            "calls", "ms/step", "ms/call", "TFLOP/s");
+    for (int i = 0; i < g_n_shape; i++) {
+        const ShapeRow *r = &rows[i];
+        char tf[32];
+        rate_cell(tf, sizeof tf, 1, r->c.flops, r->c.seconds, 1e12);
+        fprintf(out, "%-24s %-8s %8lld %6lld %6lld %4lld %8lld %10.3f %10.4f %s\n", op_info[r->op].name,
+                shape_products(r), (long long)r->m, (long long)r->n, (long long)r->k, (long long)r->e,
+                (long long)r->c.calls, g_steps > 0 ? r->c.seconds * 1e3 / (double)g_steps : 0.0,
+                r->c.seconds * 1e3 / (double)r->c.calls, tf);
+    }
+    if (g_shape_overflow)
+        fprintf(out, "(more than %d GEMM shapes: the last row of the unsorted table also holds every later shape)\n",
+                SHAPE_ROWS);
+}
 
 void profile_report(FILE *out) {
     CHECK(g_inner, "profile_report: no backend is being profiled (profile_wrap first)");
@@ -445,6 +544,7 @@ void profile_report(FILE *out) {
         fprintf(out, "%-17s %9lld %11.3f %s %6.1f%% %s\n", s->family, (long long)s->calls, s->seconds * 1e3, ms_step,
                 ops_s > 0 ? 100.0 * s->seconds / ops_s : 0.0, tf);
     }
+    shape_report(out);
     fflush(out);
 }
 
@@ -507,7 +607,21 @@ void profile_write_json(const char *path) {
         json_row(&b, &fam[f], ops_s);
         json_buf_printf(&b, f + 1 < FAM_COUNT ? ",\n" : "\n");
     }
-    json_buf_printf(&b, "]}\n");
+    json_buf_printf(&b, "],\n\"gemm_shapes\":[\n");
+    for (int i = 0; i < g_n_shape; i++) {
+        const ShapeRow *r = &g_shape[i];
+        json_buf_printf(&b, "{\"op\":");
+        json_buf_string(&b, op_info[r->op].name);
+        json_buf_printf(&b, ",\"products\":");
+        json_buf_string(&b, shape_products(r));
+        json_buf_printf(&b, ",\"m\":%lld,\"n\":%lld,\"k\":%lld,\"experts\":%lld,\"calls\":%lld,\"seconds\":",
+                        (long long)r->m, (long long)r->n, (long long)r->k, (long long)r->e, (long long)r->c.calls);
+        json_buf_double(&b, r->c.seconds);
+        json_buf_printf(&b, ",\"flops\":");
+        json_number(&b, r->c.flops);
+        json_buf_printf(&b, "}%s\n", i + 1 < g_n_shape ? "," : "");
+    }
+    json_buf_printf(&b, "],\"gemm_shapes_overflow\":%s}\n", g_shape_overflow ? "true" : "false");
     fsio_write_atomic(path, b.s, b.len);   // <path>.tmp, fsync, rename; dies naming the path on any failure
     json_buf_free(&b);
 }

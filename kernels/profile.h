@@ -52,8 +52,20 @@ ProfileStat profile_op_stat(int i);
 // The row of op `name`; dies naming it when no Backend op has that name.
 ProfileStat profile_get(const char *name);
 
+// The GEMM ops' calls split by shape (the per-op rows above sum them): op, M (the rows of inp; grouped: the rows
+// the segments covered), N and K (w's), experts (grouped: E; dense: 0) and the products ("fwd"; backward: "dinp",
+// "dw" or "dinp+dw"). Rows in first-seen order; at most 96 shapes, later ones add to the last row.
+typedef struct {
+    const char *op, *products;
+    int64_t m, n, k, experts, calls;
+    double seconds, flops;
+} ProfileGemmShape;
+int profile_n_gemm_shapes(void);
+ProfileGemmShape profile_gemm_shape(int i);
+
 // A table of the ops that ran (sorted by time): op, family, calls, total ms, ms per call, % of the profiled op time,
-// TFLOP/s and GB/s where the work is known; then the per-family summary, sorted by time.
+// TFLOP/s and GB/s where the work is known; then the per-family summary, sorted by time; then the GEMM shapes,
+// sorted by time.
 void profile_report(FILE *out);
 // The same data as JSON (every op, also those that did not run), written atomically: <path>.tmp, then rename.
 void profile_write_json(const char *path);

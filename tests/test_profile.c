@@ -63,6 +63,7 @@ TEST(profile_wrap_matmul_counts_one_call_and_its_flops) {
 
 TEST(profile_grouped_matmul_and_attention_flops) {
     const Backend *be = profile_wrap(&backend_cpu);
+    profile_reset();
     // Grouped: 3 experts, rows [0, 2) [2, 2) [2, 5): R = 5 rows, w (3, N 4, K 3) -> 2 * 5 * 4 * 3 = 120 per product.
     enum { E = 3, R = 5, GN = 4, GK = 3 };
     int32_t off[E + 1] = {0, 2, 2, 5};
@@ -79,6 +80,25 @@ TEST(profile_grouped_matmul_and_attention_flops) {
     ASSERT(profile_get("grouped_matmul_forward").flops == 120.0);
     ASSERT(profile_get("grouped_matmul_backward").flops == 240.0);
     ASSERT_EQ_STR(profile_get("grouped_matmul_backward").family, "grouped gemm");
+    // The shape rows: one each, M = the 5 rows the segments cover (not a tensor's leading dim), N 4, K 3, E 3.
+    ASSERT_EQ_INT(profile_n_gemm_shapes(), 2);
+    ProfileGemmShape gf = profile_gemm_shape(0), gb = profile_gemm_shape(1);
+    ASSERT_EQ_STR(gf.op, "grouped_matmul_forward");
+    ASSERT_EQ_STR(gf.products, "fwd");
+    ASSERT(gf.m == R && gf.n == GN && gf.k == GK && gf.experts == E && gf.calls == 1 && gf.flops == 120.0);
+    ASSERT_EQ_STR(gb.products, "dinp+dw");
+    ASSERT(gb.m == R && gb.calls == 1 && gb.flops == 240.0);
+    // Dense: a dw-only backward and a repeat of the same forward shape (one row, two calls).
+    float a[6] = {1, 2, 3, 4, 5, 6}, wd[6] = {1, 0, 0, 1, 1, 1}, od[4], g[6] = {0};
+    for (int i = 0; i < 2; i++)
+        be->matmul_forward(tensor_2d(od, DT_F32, 2, 2), tensor_2d(a, DT_F32, 2, 3), tensor_2d(wd, DT_F32, 2, 3), 0);
+    be->matmul_backward((Tensor){0}, tensor_2d(g, DT_F32, 2, 3), tensor_2d(od, DT_F32, 2, 2),
+                        tensor_2d(a, DT_F32, 2, 3), tensor_2d(wd, DT_F32, 2, 3), 0);
+    ASSERT_EQ_INT(profile_n_gemm_shapes(), 4);
+    ProfileGemmShape df = profile_gemm_shape(2), db = profile_gemm_shape(3);
+    ASSERT(df.m == 2 && df.n == 2 && df.k == 3 && df.experts == 0 && df.calls == 2 && df.flops == 2 * 24.0);
+    ASSERT_EQ_STR(db.products, "dw");
+    ASSERT(db.calls == 1 && db.flops == 24.0);
 
     // Causal attention B 1, T 4, H 2, D 3, DV 2: the visible half T^2/2 = 8 scores per head:
     // forward 2 * 1 * 2 * 8 * (3 + 2) = 160; backward 2 * 1 * 2 * 8 * (3*3 + 2*2) = 416 (bench_ops_gpu.c's counts).
