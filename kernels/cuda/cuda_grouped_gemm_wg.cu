@@ -45,12 +45,8 @@ namespace {
 constexpr size_t SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum of dynamic shared memory on sm_90
 constexpr uint32_t MN_SLAB = 64 * 128;    // bytes of an MN-slab of 64 k-rows, and of 64 rows of a K-slab
 
-constexpr size_t SMEM_PER_SM = 228 * 1024; // per SM, of which each resident CTA also takes 1 KB for the system
-
-// CTAS: the CTAs resident per SM. Two let one CTA's exposed epilogue (and barrier waits) overlap the other's
-// products, which matters most where the contraction is short (K 512: 8 stages a tile).
-template <int BN_, int STAGES_, int CTAS_ = 1> struct WgCfg {
-    static constexpr int BM = 128, BN = BN_, BK = 64, STAGES = STAGES_, THREADS = 256, CTAS = CTAS_;
+template <int BN_, int STAGES_> struct WgCfg {
+    static constexpr int BM = 128, BN = BN_, BK = 64, STAGES = STAGES_, THREADS = 256;
     static constexpr uint32_t A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr size_t SMEM = (size_t)STAGES * STAGE_BYTES + 1024; // + the slack to align the ring to 1024
     static constexpr int ACC = BN / 2;                                   // accumulators per thread: 64 x BN / 128
@@ -63,14 +59,10 @@ template <int BN_, int STAGES_, int CTAS_ = 1> struct WgCfg {
     static_assert(STAGES >= 3, "copies run STAGES - 1 stages ahead of the multiplies");
     static_assert(SMEM + 64 <= SMEM_LIMIT, "the ring (and the dw kernel's static word) fit one CTA's shared memory");
     static_assert(BN >= 128, "cuda_gg_supported bounds the grids with 128 x 128 tiles");
-    static_assert(CTAS == 1 || CTAS * (SMEM + 64 + 1024) <= SMEM_PER_SM, "CTAS rings fit one SM's shared memory");
-    static_assert(CTAS == 1 || ACC <= 64, "two CTAs of 256 threads leave 128 registers a thread");
 };
 // 128 x 256 tiles, 4 stages of 48 KB; 128 x 128 tiles, 6 stages of 32 KB (DSV3_GG_WG_BN=128).
 using Cfg256 = WgCfg<256, 4>;
 using Cfg128 = WgCfg<128, 6>;
-// 128 x 128 tiles, 3 stages of 32 KB, two CTAs per SM (DSV3_GG_WG_BN=128x2).
-using Cfg128x2 = WgCfg<128, 3, 2>;
 
 // Copies NSLAB slabs of ROWS rows x 64 BF16 (128-byte rows, swizzled): slab j (at dst + j ROWS 128) gets rows
 // [r0, r0 + ROWS) x columns [c0 + 64 j, c0 + 64 j + 64) of the row-major g (row stride ld). Rows at or past r_end and
@@ -314,7 +306,7 @@ extern __shared__ __align__(16) unsigned char gg_wg_smem[];
 
 // out (R, N) = inp (R, K) @ w[e] (N, K)^T. Persistent: grid <= SMs, tiles: the (row tile, N tile) bound.
 template <class Cfg, typename OutT>
-__global__ void __launch_bounds__(Cfg::THREADS, Cfg::CTAS)
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
     sm90_bf16_grouped_gemm_wg_nt(OutT *out, const bf16 *inp, const bf16 *w, const int32_t *offsets, int R, int E,
                                  int N, int K, int col_tiles, long long tiles, CudaDevError *err) {
     check_offsets(offsets, E, R, err);
@@ -325,7 +317,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::CTAS)
 
 // dinp (R, K) (+)= dout (R, N) @ w[e] (N, K). Persistent: grid <= SMs, tiles: the (row tile, K tile) bound.
 template <class Cfg, typename OutT>
-__global__ void __launch_bounds__(Cfg::THREADS, Cfg::CTAS)
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
     sm90_bf16_grouped_gemm_wg_nn(OutT *dinp, const bf16 *dout, const bf16 *w, const int32_t *offsets, int R, int E,
                                  int N, int K, int col_tiles, long long tiles, int accumulate, CudaDevError *err) {
     check_offsets(offsets, E, R, err);
@@ -337,7 +329,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::CTAS)
 // dw[e] (N, K) += dout_seg^T @ inp_seg. grid: E x n_tiles x k_tiles; block b: the expert of rank b / (n_tiles
 // k_tiles) by descending row count (ties by index), tile b % (n_tiles k_tiles), K tile fastest.
 template <class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, Cfg::CTAS)
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
     sm90_bf16_grouped_gemm_wg_tn_dw(float *dw, const bf16 *dout, const bf16 *inp, const int32_t *offsets, int R,
                                     int E, int N, int K, int n_tiles, int k_tiles, CudaDevError *err) {
     __shared__ int s_expert;
@@ -391,14 +383,12 @@ int sm_count() {
     return n;
 }
 
-// DSV3_GG_WG_BN: the tile configuration, read at every call like DSV3_GG: 256 (128 x 256, one CTA per SM), 128
-// (128 x 128, one CTA per SM) or 128x2 (128 x 128, two CTAs per SM). Returns 256, 128 or 129 (128x2).
+// DSV3_GG_WG_BN: the output tile width, read at every call like DSV3_GG.
 int wg_bn() {
     const char *v = getenv("DSV3_GG_WG_BN");
     if (!v || !*v || !strcmp(v, "256")) return 256;
     if (!strcmp(v, "128")) return 128;
-    if (!strcmp(v, "128x2")) return 129;
-    die("DSV3_GG_WG_BN=%s: expected 256, 128 or 128x2", v);
+    die("DSV3_GG_WG_BN=%s: expected 256 or 128", v);
 }
 
 template <class Cfg, typename OutT> void launch_nt(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
@@ -406,8 +396,7 @@ template <class Cfg, typename OutT> void launch_nt(Tensor out, Tensor inp, Tenso
     const int col_tiles = (int)gg_ceil_div(N, Cfg::BN);
     const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
     if (tiles == 0) return; // N == 0 or nothing to tile
-    const long long slots = (long long)sm_count() * Cfg::CTAS;
-    const unsigned grid = (unsigned)(tiles < slots ? tiles : slots);
+    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
     set_smem_once<sm90_bf16_grouped_gemm_wg_nt<Cfg, OutT>>(Cfg::SMEM);
     sm90_bf16_grouped_gemm_wg_nt<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
         (OutT *)out.data, (const bf16 *)inp.data, (const bf16 *)w.data, (const int32_t *)offsets.data, R, E, N, K,
@@ -421,8 +410,7 @@ template <class Cfg, typename OutT> void launch_nn(Tensor dinp, Tensor dout, Ten
     const int col_tiles = (int)gg_ceil_div(K, Cfg::BN);
     const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
     if (tiles == 0) return;
-    const long long slots = (long long)sm_count() * Cfg::CTAS;
-    const unsigned grid = (unsigned)(tiles < slots ? tiles : slots);
+    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
     set_smem_once<sm90_bf16_grouped_gemm_wg_nn<Cfg, OutT>>(Cfg::SMEM);
     sm90_bf16_grouped_gemm_wg_nn<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
         (OutT *)dinp.data, (const bf16 *)dout.data, (const bf16 *)w.data, (const int32_t *)offsets.data, R, E, N, K,
@@ -442,15 +430,6 @@ template <class Cfg> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tenso
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_wg_tn_dw");
 }
 
-template <class Cfg> void forward_as(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
-    if (out.dtype == DT_BF16) launch_nt<Cfg, bf16>(out, inp, w, offsets);
-    else launch_nt<Cfg, float>(out, inp, w, offsets);
-}
-template <class Cfg> void dinp_as(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
-    if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets, accumulate);
-    else launch_nn<Cfg, float>(dinp, dout, w, offsets, accumulate);
-}
-
 } // namespace
 
 // DSV3_GG = wg | mma; unset: wg (it passed the GPU tests on an H100 on 2026-11-23 and runs the bench shapes at
@@ -463,25 +442,24 @@ extern "C" int cuda_gg_wg_selected(void) {
 }
 
 extern "C" void cuda_gg_wg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
-    switch (wg_bn()) {
-    case 256: forward_as<Cfg256>(out, inp, w, offsets); break;
-    case 128: forward_as<Cfg128>(out, inp, w, offsets); break;
-    default: forward_as<Cfg128x2>(out, inp, w, offsets); break;
-    }
+    const bool b = out.dtype == DT_BF16;
+    if (wg_bn() == 256)
+        b ? launch_nt<Cfg256, bf16>(out, inp, w, offsets) : launch_nt<Cfg256, float>(out, inp, w, offsets);
+    else
+        b ? launch_nt<Cfg128, bf16>(out, inp, w, offsets) : launch_nt<Cfg128, float>(out, inp, w, offsets);
 }
 
 extern "C" void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
-    switch (wg_bn()) {
-    case 256: dinp_as<Cfg256>(dinp, dout, w, offsets, accumulate); break;
-    case 128: dinp_as<Cfg128>(dinp, dout, w, offsets, accumulate); break;
-    default: dinp_as<Cfg128x2>(dinp, dout, w, offsets, accumulate); break;
-    }
+    const bool b = dinp.dtype == DT_BF16;
+    if (wg_bn() == 256)
+        b ? launch_nn<Cfg256, bf16>(dinp, dout, w, offsets, accumulate)
+          : launch_nn<Cfg256, float>(dinp, dout, w, offsets, accumulate);
+    else
+        b ? launch_nn<Cfg128, bf16>(dinp, dout, w, offsets, accumulate)
+          : launch_nn<Cfg128, float>(dinp, dout, w, offsets, accumulate);
 }
 
 extern "C" void cuda_gg_wg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
-    switch (wg_bn()) {
-    case 256: launch_tn_dw<Cfg256>(dw, dout, inp, offsets); break;
-    case 128: launch_tn_dw<Cfg128>(dw, dout, inp, offsets); break;
-    default: launch_tn_dw<Cfg128x2>(dw, dout, inp, offsets); break;
-    }
+    if (wg_bn() == 256) launch_tn_dw<Cfg256>(dw, dout, inp, offsets);
+    else launch_tn_dw<Cfg128>(dw, dout, inp, offsets);
 }

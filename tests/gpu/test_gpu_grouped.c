@@ -2,7 +2,7 @@
 // out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto what dinp holds),
 // dw[e] += dout_seg^T inp_seg. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
 // (DSV3_GG=mma) and the wgmma kernels of cuda_grouped_gemm_wg.cu (DSV3_GG=wg) with both tile widths
-// (DSV3_GG_WG_BN=256, 128, 128x2), each with F32 and BF16 out/dinp.
+// (DSV3_GG_WG_BN=256, 128), each with F32 and BF16 out/dinp.
 //
 // Inputs are random, rounded to BF16 on the host, and the cpu reference (FP32) gets the rounded values, so only the
 // FP32 summation order differs: F32 outputs within rtol 1e-5 + 1e-5 of the largest value (as the dense GEMM tests),
@@ -29,9 +29,7 @@ typedef struct {
 typedef struct {
     const char *gg, *bn, *name;
 } GgImpl;
-static const GgImpl g_impls[4] = {{"mma", NULL, "mma"}, {"wg", "256", "wg 128x256"}, {"wg", "128", "wg 128x128"},
-                                  {"wg", "128x2", "wg 128x128, 2 CTAs per SM"}};
-enum { N_IMPLS = sizeof g_impls / sizeof g_impls[0] };
+static const GgImpl g_impls[3] = {{"mma", NULL, "mma"}, {"wg", "256", "wg 128x256"}, {"wg", "128", "wg 128x128"}};
 
 static void impl_select(const GgImpl *im) {
     setenv("DSV3_GG", im->gg, 1);
@@ -131,7 +129,7 @@ static void check_case(const GgCase *c) {
         h.d_xbuf = h.d_x = gt_dev(h.x, R * K, DT_BF16);
     }
     h.d_w = gt_dev(h.w, nw, DT_BF16), h.d_g = gt_dev(h.g, R * N, DT_BF16), h.d_off = gt_dev_i32(h.off, E + 1);
-    for (int i = 0; i < N_IMPLS; i++) {
+    for (int i = 0; i < 3; i++) {
         run_impl(c, &h, &g_impls[i], DT_F32);
         run_impl(c, &h, &g_impls[i], DT_BF16);
     }
@@ -232,7 +230,7 @@ TEST(gpu_grouped_gemm_deterministic) {
     C->grouped_matmul_backward(tensor_2d(NULL, DT_F32, R, K), tensor_3d(ref, DT_F32, E, N, K),
                                tensor_2d(gr, DT_F32, R, N), tensor_2d(xr, DT_F32, R, K), tensor_3d(wr, DT_F32, E, N, K),
                                c_off, off, 0);
-    for (int im = 0; im < N_IMPLS; im++) {
+    for (int im = 0; im < 3; im++) {
         impl_select(&g_impls[im]);
         float *outs[2], *dxs[2], *dws[2];
         for (int i = 0; i < 2; i++) {
@@ -300,5 +298,5 @@ static void bad_gg_env(void *ctx) {
 
 TEST(gpu_grouped_gemm_bad_env_dies) {
     EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG", "DSV3_GG=tma: expected wg or mma");
-    EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG_WG_BN", "DSV3_GG_WG_BN=tma: expected 256, 128 or 128x2");
+    EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG_WG_BN", "DSV3_GG_WG_BN=tma: expected 256 or 128");
 }
