@@ -27,7 +27,10 @@
 // Scheduling. nt/nn: persistent; grid = min(tiles, SMs), CTA b takes tiles b, b + grid, ... of the (row tile, column
 // tile) sequence (column tile fastest; row tiles as in cuda_grouped_gemm.cuh, found with a warp scan of the device
 // offsets). The copies walk the same tile sequence, so the first stages of the next tile stream in while the
-// current one finishes; only the epilogue (accumulators -> global, no shared memory) is exposed. dw: one CTA per
+// current one finishes; only the epilogue is exposed. Epilogue: BF16 outputs that are not accumulated (the forward
+// products, a first input gradient) are rounded into a shared staging tile and leave by asynchronous bulk copies,
+// one per row, while the CTA starts its next tile (store_staged); the rest (F32, accumulating) go from the
+// fragments straight to global memory (store_acc). dw: one CTA per
 // (expert, N tile, K tile); it owns that dw tile, sums its segment's rows in order (BK rows per stage) and adds the
 // sum once: deterministic, no atomics. Tile work grows with the expert's rows (very uneven under skewed routing),
 // so block b takes the expert of rank b / tiles_per_expert in descending row count: the hardware starts the longest
@@ -37,6 +40,7 @@
 #include "kernels/cuda/cuda_wgmma.cuh"
 
 #include <string.h>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_grouped_gemm.h"
 
@@ -45,10 +49,16 @@ namespace {
 constexpr size_t SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum of dynamic shared memory on sm_90
 constexpr uint32_t MN_SLAB = 64 * 128;    // bytes of an MN-slab of 64 k-rows, and of 64 rows of a K-slab
 
-template <int BN_, int STAGES_> struct WgCfg {
+// STAGED: the BF16 epilogue goes through a shared-memory staging tile and asynchronous bulk copies (one per row,
+// cp.async.bulk) instead of 4-byte stores from the fragments; see store_staged. The staging rows are padded by 16
+// bytes so the fragment writes are bank-conflict free and every row starts 16-byte aligned (the bulk copy's rule).
+template <int BN_, int STAGES_, bool STAGED_ = false> struct WgCfg {
     static constexpr int BM = 128, BN = BN_, BK = 64, STAGES = STAGES_, THREADS = 256;
+    static constexpr bool STAGED = STAGED_;
     static constexpr uint32_t A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
-    static constexpr size_t SMEM = (size_t)STAGES * STAGE_BYTES + 1024; // + the slack to align the ring to 1024
+    static constexpr uint32_t STG_ROW = BN * 2 + 16, STG_BYTES = STAGED ? BM * STG_ROW : 0;
+    // + the slack to align the ring to 1024; the staging tile follows the ring
+    static constexpr size_t SMEM = (size_t)STAGES * STAGE_BYTES + STG_BYTES + 1024;
     static constexpr int ACC = BN / 2;                                   // accumulators per thread: 64 x BN / 128
     static_assert(BN == 128 || BN == 256, "the instructions used: wg_mma_ss_n128 / n256");
     static_assert(THREADS == 2 * 128 && BM == 2 * 64, "two warpgroups, 64 rows (one m64 wgmma) each");
@@ -63,6 +73,9 @@ template <int BN_, int STAGES_> struct WgCfg {
 // 128 x 256 tiles, 4 stages of 48 KB; 128 x 128 tiles, 6 stages of 32 KB (DSV3_GG_WG_BN=128).
 using Cfg256 = WgCfg<256, 4>;
 using Cfg128 = WgCfg<128, 6>;
+// 128 x 256 tiles, 3 stages of 48 KB and a 66 KB staging tile for the bulk-copy epilogue (the default;
+// DSV3_GG_WG_EPI=direct selects Cfg256).
+using Cfg256s = WgCfg<256, 3, true>;
 
 // Copies NSLAB slabs of ROWS rows x 64 BF16 (128-byte rows, swizzled): slab j (at dst + j ROWS 128) gets rows
 // [r0, r0 + ROWS) x columns [c0 + 64 j, c0 + 64 j + 64) of the row-major g (row stride ld). Rows at or past r_end and
@@ -135,6 +148,52 @@ __device__ __forceinline__ void store_acc(OutT *c, int64_t ld, float (&d)[BN / 2
     }
 }
 
+// The asynchronous bulk copy (sm_90, no tensor map): bytes (a multiple of 16) from shared src to global dst, both
+// 16-byte aligned, tracked in this thread's bulk groups.
+__device__ __forceinline__ void bulk_store(void *dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// This thread's bulk copies have read their shared source (the buffer may be rewritten).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// This thread's bulk copies are complete (their global writes done).
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+// The staged BF16 epilogue (no accumulate): the fragments are rounded into the shared staging tile stg (BM rows of
+// Cfg::STG_ROW bytes), then threads 0..127 each start one bulk copy of their row (columns [c0, min(c0 + BN, c_end)))
+// if it lies below r_end, and the CTA goes on to its next tile while the copies drain. Before the staging tile is
+// rewritten, the issuing threads wait until their previous copies have read it (long done in practice: a whole
+// tile's products run in between), then a barrier. The rounding is __floats2bfloat162_rn as in store_acc, so both
+// epilogues write the same bits.
+template <class Cfg>
+__device__ __forceinline__ void store_staged(bf16 *c, int64_t ld, float (&d)[Cfg::ACC], int r0, int r_end, int c0,
+                                             int c_end, uint32_t stg) {
+    constexpr int BN = Cfg::BN;
+    if (threadIdx.x < Cfg::BM) bulk_wait_read();
+    __syncthreads();
+    const int lane = threadIdx.x & 31, q = lane & 3;
+    const int rl = 64 * (int)(threadIdx.x >> 7) + 16 * (int)((threadIdx.x >> 5) & 3) + (lane >> 2);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint32_t row = stg + (uint32_t)(rl + 8 * h) * Cfg::STG_ROW + 4u * q;
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            const __nv_bfloat162 v = __floats2bfloat162_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + 16u * j), "r"(*reinterpret_cast<const uint32_t *>(&v))
+                         : "memory");
+        }
+    }
+    wg_fence_proxy(); // the generic-proxy writes above become visible to the bulk copies (async proxy)
+    __syncthreads();
+    if (threadIdx.x < Cfg::BM) {
+        const int r = r0 + (int)threadIdx.x, ncol = min(BN, c_end - c0);
+        if (r < r_end && ncol > 0)
+            bulk_store(c + (int64_t)r * ld + c0, stg + threadIdx.x * Cfg::STG_ROW, (uint32_t)ncol * 2u);
+        bulk_commit();
+    }
+}
+
 // One output tile: rows [m0, m0 + 128) (valid below m_end) of expert e, columns [c0, c0 + BN), contraction
 // [k0, k_end) (never empty: the kernels handle an empty contraction before the pipeline).
 struct Tile {
@@ -164,8 +223,9 @@ template <class Cfg, typename OutT> struct ProbNT {
         load_block<Cfg::BM, 1, Cfg::THREADS>(sa, inp, K, t.m0, t.m_end, kc, K);
         load_block<Cfg::BN, 1, Cfg::THREADS>(sb, w + (int64_t)t.e * N * K, K, t.c0, N, kc, K);
     }
-    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC]) const {
-        store_acc<Cfg::BN>(out, N, d, t.m0, t.m_end, t.c0, N, 0);
+    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
+        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) store_staged<Cfg>(out, N, d, t.m0, t.m_end, t.c0, N, stg);
+        else store_acc<Cfg::BN>(out, N, d, t.m0, t.m_end, t.c0, N, 0);
     }
 };
 
@@ -188,7 +248,10 @@ template <class Cfg, typename OutT> struct ProbNN {
         load_block<Cfg::BM, 1, Cfg::THREADS>(sa, dout, N, t.m0, t.m_end, kc, N);
         load_block<Cfg::BK, Cfg::BN / 64, Cfg::THREADS>(sb, w + (int64_t)t.e * N * K, K, kc, N, t.c0, K);
     }
-    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC]) const {
+    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
+        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) {
+            if (!accumulate) return store_staged<Cfg>(dinp, K, d, t.m0, t.m_end, t.c0, K, stg);
+        }
         store_acc<Cfg::BN>(dinp, K, d, t.m0, t.m_end, t.c0, K, accumulate);
     }
 };
@@ -209,7 +272,7 @@ template <class Cfg> struct ProbDW {
         load_block<Cfg::BK, Cfg::BM / 64, Cfg::THREADS>(sa, dout, N, kc, t.k_end, t.m0, N);
         load_block<Cfg::BK, Cfg::BN / 64, Cfg::THREADS>(sb, inp, K, kc, t.k_end, t.c0, K);
     }
-    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC]) const {
+    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t) const {
         store_acc<Cfg::BN>(dw + (int64_t)t.e * N * K, K, d, t.m0, N, t.c0, K, 1);
     }
 };
@@ -280,21 +343,27 @@ template <class Cfg, class P> __device__ __forceinline__ void wg_pipeline(const 
         }
         wg_wait<0>();
         wg_fence_regs(d); // the epilogue's reads stay below the wait
-        p.store(ct, d);
+        p.store(ct, d, ring + S * Cfg::STAGE_BYTES);
         ct = nt, cv = nv, cj++;
     }
     cp_async_wait<0>(); // only empty groups are left; leave nothing in flight
+    if constexpr (Cfg::STAGED) {
+        if (threadIdx.x < Cfg::BM) bulk_wait_all(); // the epilogue's bulk copies are complete before the CTA exits
+    }
 }
 
 // An empty contraction (K = 0 in nt, N = 0 in nn): the product is zero; written to every tile (the host skips the
 // accumulate case, which changes nothing).
-template <class Cfg, class P> __device__ __forceinline__ void store_zero_tiles(const P &p) {
+template <class Cfg, class P> __device__ __forceinline__ void store_zero_tiles(const P &p, uint32_t ring) {
     float z[Cfg::ACC];
     Tile t;
     for (int j = 0; p.get(j, t); j++) {
 #pragma unroll
         for (int i = 0; i < Cfg::ACC; i++) z[i] = 0.0f;
-        p.store(t, z);
+        p.store(t, z, ring + Cfg::STAGES * Cfg::STAGE_BYTES);
+    }
+    if constexpr (Cfg::STAGED) {
+        if (threadIdx.x < Cfg::BM) bulk_wait_all();
     }
 }
 
@@ -311,7 +380,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
                                  int N, int K, int col_tiles, long long tiles, CudaDevError *err) {
     check_offsets(offsets, E, R, err);
     const ProbNT<Cfg, OutT> p = {out, inp, w, offsets, R, E, N, K, col_tiles, tiles};
-    if (K == 0) store_zero_tiles<Cfg>(p);
+    if (K == 0) store_zero_tiles<Cfg>(p, ring_base(gg_wg_smem));
     else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
 }
 
@@ -322,7 +391,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
                                  int N, int K, int col_tiles, long long tiles, int accumulate, CudaDevError *err) {
     check_offsets(offsets, E, R, err);
     const ProbNN<Cfg, OutT> p = {dinp, dout, w, offsets, R, E, N, K, col_tiles, accumulate, tiles};
-    if (N == 0) store_zero_tiles<Cfg>(p);
+    if (N == 0) store_zero_tiles<Cfg>(p, ring_base(gg_wg_smem));
     else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
 }
 
@@ -383,12 +452,26 @@ int sm_count() {
     return n;
 }
 
-// DSV3_GG_WG_BN: the output tile width, read at every call like DSV3_GG.
-int wg_bn() {
-    const char *v = getenv("DSV3_GG_WG_BN");
-    if (!v || !*v || !strcmp(v, "256")) return 256;
-    if (!strcmp(v, "128")) return 128;
-    die("DSV3_GG_WG_BN=%s: expected 256 or 128", v);
+// The tile configuration, read at every call like DSV3_GG: DSV3_GG_WG_BN = 256 (default) | 128, the output tile
+// width; DSV3_GG_WG_EPI = bulk (default) | direct, the epilogue of the 128 x 256 configuration (bulk: Cfg256s). The
+// bulk epilogue passed the GPU tests on an H100 on 2026-11-23 and runs the bench shapes faster although its ring has
+// 3 stages instead of 4 (TFLOP/s, direct -> bulk: gate/up fwd 387 -> 427, dinp 285 -> 360; down fwd 286 -> 366,
+// dinp 387 -> 433; bench-1gpu MTP 0 113.0K -> 115.5K tokens/s, the same losses).
+enum WgChoice { WG_256, WG_128, WG_256_BULK };
+WgChoice wg_choice() {
+    const char *v = getenv("DSV3_GG_WG_BN"), *e = getenv("DSV3_GG_WG_EPI");
+    int bn = 256;
+    if (v && *v && strcmp(v, "256")) {
+        if (strcmp(v, "128")) die("DSV3_GG_WG_BN=%s: expected 256 or 128", v);
+        bn = 128;
+    }
+    bool bulk = true;
+    if (e && *e && strcmp(e, "bulk")) {
+        if (strcmp(e, "direct")) die("DSV3_GG_WG_EPI=%s: expected direct or bulk", e);
+        bulk = false;
+    }
+    if (bn == 128) return WG_128; // the bulk epilogue exists for the 256-wide tile only
+    return bulk ? WG_256_BULK : WG_256;
 }
 
 template <class Cfg, typename OutT> void launch_nt(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
@@ -430,6 +513,15 @@ template <class Cfg> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tenso
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_wg_tn_dw");
 }
 
+template <class Cfg> void forward_as(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
+    if (out.dtype == DT_BF16) launch_nt<Cfg, bf16>(out, inp, w, offsets);
+    else launch_nt<Cfg, float>(out, inp, w, offsets);
+}
+template <class Cfg> void dinp_as(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
+    if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets, accumulate);
+    else launch_nn<Cfg, float>(dinp, dout, w, offsets, accumulate);
+}
+
 } // namespace
 
 // DSV3_GG = wg | mma; unset: wg (it passed the GPU tests on an H100 on 2026-11-23 and runs the bench shapes at
@@ -442,24 +534,23 @@ extern "C" int cuda_gg_wg_selected(void) {
 }
 
 extern "C" void cuda_gg_wg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets) {
-    const bool b = out.dtype == DT_BF16;
-    if (wg_bn() == 256)
-        b ? launch_nt<Cfg256, bf16>(out, inp, w, offsets) : launch_nt<Cfg256, float>(out, inp, w, offsets);
-    else
-        b ? launch_nt<Cfg128, bf16>(out, inp, w, offsets) : launch_nt<Cfg128, float>(out, inp, w, offsets);
+    switch (wg_choice()) {
+    case WG_256: forward_as<Cfg256>(out, inp, w, offsets); break;
+    case WG_128: forward_as<Cfg128>(out, inp, w, offsets); break;
+    case WG_256_BULK: forward_as<Cfg256s>(out, inp, w, offsets); break;
+    }
 }
 
 extern "C" void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
-    const bool b = dinp.dtype == DT_BF16;
-    if (wg_bn() == 256)
-        b ? launch_nn<Cfg256, bf16>(dinp, dout, w, offsets, accumulate)
-          : launch_nn<Cfg256, float>(dinp, dout, w, offsets, accumulate);
-    else
-        b ? launch_nn<Cfg128, bf16>(dinp, dout, w, offsets, accumulate)
-          : launch_nn<Cfg128, float>(dinp, dout, w, offsets, accumulate);
+    switch (wg_choice()) {
+    case WG_256: dinp_as<Cfg256>(dinp, dout, w, offsets, accumulate); break;
+    case WG_128: dinp_as<Cfg128>(dinp, dout, w, offsets, accumulate); break;
+    case WG_256_BULK: dinp_as<Cfg256s>(dinp, dout, w, offsets, accumulate); break;
+    }
 }
 
+// The weight gradient is F32 (accumulated): its epilogue is always direct, so the bulk choice runs Cfg256.
 extern "C" void cuda_gg_wg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
-    if (wg_bn() == 256) launch_tn_dw<Cfg256>(dw, dout, inp, offsets);
-    else launch_tn_dw<Cfg128>(dw, dout, inp, offsets);
+    if (wg_choice() == WG_128) launch_tn_dw<Cfg128>(dw, dout, inp, offsets);
+    else launch_tn_dw<Cfg256>(dw, dout, inp, offsets);
 }

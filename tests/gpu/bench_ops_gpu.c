@@ -137,8 +137,8 @@ static void grouped_rows(int32_t *off, int E, int64_t R, int skewed) {
 
 // E experts, R routed rows in segments from grouped_rows: out (R, N) = inp (R, K) @ w[e]^T per segment,
 // dinp (R, K) = dout @ w[e], dw[e] (N, K) += dout_seg^T inp_seg. Prints each product's time for the mma.sync
-// kernels (DSV3_GG=mma), the wgmma kernels at both tile widths (DSV3_GG=wg, DSV3_GG_WG_BN=256 / 128) and the
-// per-expert cuBLASLt loop.
+// kernels (DSV3_GG=mma), the wgmma kernels at both tile widths (DSV3_GG=wg, DSV3_GG_WG_BN=256 / 128), the 256-wide
+// one with the bulk-copy epilogue (DSV3_GG_WG_EPI=bulk) and the per-expert cuBLASLt loop.
 static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t K, DType dt, int skewed) {
     GmmCtx m;
     m.off_h = xmalloc(sizeof(int32_t) * (E + 1));
@@ -159,24 +159,29 @@ static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t
     m.dw = tensor_3d(G->alloc((size_t)E * N * K * 4), DT_F32, E, N, K);
     const double fl = 2.0 * R * N * K;
     static const char *names[3] = {"fwd", "dinp", "dw"};
-    static const char *sets[3][3] = {{"mma", NULL, "mma"}, {"wg", "256", "wg 128x256"}, {"wg", "128", "wg 128x128"}};
+    static const char *sets[4][4] = {{"mma", NULL, NULL, "mma"},
+                                     {"wg", "256", "direct", "wg 128x256"},
+                                     {"wg", "128", NULL, "wg 128x128"},
+                                     {"wg", "256", "bulk", "wg 128x256 bulk"}};
     BenchFn fn[3] = {gmm_fwd, gmm_dinp, gmm_dw}, lp[3] = {loop_fwd, loop_dinp, loop_dw};
     printf("grouped gemm %-8s %-4s E %d rows %lld %s (per expert %d..%d, max/mean %.1f) N %lld K %lld\n", what,
            dt == DT_BF16 ? "bf16" : "f32", E, (long long)R, skewed ? "skewed" : "balanced", mn, mx,
            (double)mx * E / (double)R, (long long)N, (long long)K);
     for (int i = 0; i < 3; i++) {
         printf("    %-5s", names[i]);
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 4; k++) {
             setenv("DSV3_GG", sets[k][0], 1);
             if (sets[k][1]) setenv("DSV3_GG_WG_BN", sets[k][1], 1);
             else unsetenv("DSV3_GG_WG_BN");
+            if (sets[k][2]) setenv("DSV3_GG_WG_EPI", sets[k][2], 1);
+            else unsetenv("DSV3_GG_WG_EPI");
             const double t = time_it(fn[i], &m);
-            printf(" %s %7.3f ms %6.1f |", sets[k][2], t * 1e3, fl / t * 1e-12);
+            printf(" %s %7.3f ms %6.1f |", sets[k][3], t * 1e3, fl / t * 1e-12);
         }
         const double tl = time_it(lp[i], &m);
         printf(" loop %7.3f ms %6.1f TFLOP/s\n", tl * 1e3, fl / tl * 1e-12);
     }
-    unsetenv("DSV3_GG"), unsetenv("DSV3_GG_WG_BN");
+    unsetenv("DSV3_GG"), unsetenv("DSV3_GG_WG_BN"), unsetenv("DSV3_GG_WG_EPI");
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data), G->free(doff), free(m.off_h);
 }

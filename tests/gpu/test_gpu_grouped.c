@@ -2,7 +2,7 @@
 // out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto what dinp holds),
 // dw[e] += dout_seg^T inp_seg. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
 // (DSV3_GG=mma) and the wgmma kernels of cuda_grouped_gemm_wg.cu (DSV3_GG=wg) with both tile widths
-// (DSV3_GG_WG_BN=256, 128), each with F32 and BF16 out/dinp.
+// (DSV3_GG_WG_BN=256, 128; DSV3_GG_WG_EPI=direct, bulk), each with F32 and BF16 out/dinp.
 //
 // Inputs are random, rounded to BF16 on the host, and the cpu reference (FP32) gets the rounded values, so only the
 // FP32 summation order differs: F32 outputs within rtol 1e-5 + 1e-5 of the largest value (as the dense GEMM tests),
@@ -25,16 +25,22 @@ typedef struct {
     int skew;        // 1: inp starts 1 element (2 bytes) into its buffer, so it is not 16-byte aligned
 } GgCase;
 
-// A kernel set: DSV3_GG and DSV3_GG_WG_BN (NULL: unset).
+// A kernel set: DSV3_GG, DSV3_GG_WG_BN and DSV3_GG_WG_EPI (NULL: unset).
 typedef struct {
-    const char *gg, *bn, *name;
+    const char *gg, *bn, *epi, *name;
 } GgImpl;
-static const GgImpl g_impls[3] = {{"mma", NULL, "mma"}, {"wg", "256", "wg 128x256"}, {"wg", "128", "wg 128x128"}};
+static const GgImpl g_impls[] = {{"mma", NULL, NULL, "mma"},
+                                 {"wg", "256", "direct", "wg 128x256"},
+                                 {"wg", "128", NULL, "wg 128x128"},
+                                 {"wg", "256", "bulk", "wg 128x256, bulk-copy epilogue"}};
+enum { N_IMPLS = sizeof g_impls / sizeof g_impls[0] };
 
 static void impl_select(const GgImpl *im) {
     setenv("DSV3_GG", im->gg, 1);
     if (im->bn) setenv("DSV3_GG_WG_BN", im->bn, 1);
     else unsetenv("DSV3_GG_WG_BN");
+    if (im->epi) setenv("DSV3_GG_WG_EPI", im->epi, 1);
+    else unsetenv("DSV3_GG_WG_EPI");
 }
 
 static int32_t *make_offsets(int E, const int *rows) {
@@ -129,7 +135,7 @@ static void check_case(const GgCase *c) {
         h.d_xbuf = h.d_x = gt_dev(h.x, R * K, DT_BF16);
     }
     h.d_w = gt_dev(h.w, nw, DT_BF16), h.d_g = gt_dev(h.g, R * N, DT_BF16), h.d_off = gt_dev_i32(h.off, E + 1);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_IMPLS; i++) {
         run_impl(c, &h, &g_impls[i], DT_F32);
         run_impl(c, &h, &g_impls[i], DT_BF16);
     }
@@ -230,7 +236,7 @@ TEST(gpu_grouped_gemm_deterministic) {
     C->grouped_matmul_backward(tensor_2d(NULL, DT_F32, R, K), tensor_3d(ref, DT_F32, E, N, K),
                                tensor_2d(gr, DT_F32, R, N), tensor_2d(xr, DT_F32, R, K), tensor_3d(wr, DT_F32, E, N, K),
                                c_off, off, 0);
-    for (int im = 0; im < 3; im++) {
+    for (int im = 0; im < N_IMPLS; im++) {
         impl_select(&g_impls[im]);
         float *outs[2], *dxs[2], *dws[2];
         for (int i = 0; i < 2; i++) {
@@ -276,7 +282,7 @@ static void bad_device_offsets(void *ctx) {
 }
 
 TEST(gpu_grouped_gemm_bad_device_offsets_die) {
-    for (int im = 0; im < 3; im++)
+    for (int im = 0; im < N_IMPLS; im++)
         EXPECT_DIE(bad_device_offsets, (void *)&g_impls[im],
                    "grouped_matmul: device offsets[3] = 40 breaks the segment table");
 }
@@ -299,4 +305,5 @@ static void bad_gg_env(void *ctx) {
 TEST(gpu_grouped_gemm_bad_env_dies) {
     EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG", "DSV3_GG=tma: expected wg or mma");
     EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG_WG_BN", "DSV3_GG_WG_BN=tma: expected 256 or 128");
+    EXPECT_DIE(bad_gg_env, (void *)"DSV3_GG_WG_EPI", "DSV3_GG_WG_EPI=tma: expected direct or bulk");
 }
