@@ -84,6 +84,12 @@ typedef struct Backend {
     // not touched); dw (E, N, K) += dout_seg^T @ inp_seg. Either skipped when its data is NULL.
     void (*grouped_matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                     const int32_t *offsets_host, int accumulate_dinp);
+    // dinp (R, K) = dout_a (R, N) @ wa[e] + dout_b (R, N) @ wb[e] per segment, wa and wb (E, N, K) (overwrite; rows
+    // outside every segment are not touched): the input gradient of two projections of one input, the MoE experts'
+    // gate and up. The cuda backend runs it as one contraction over both products (summed in FP32, rounded once);
+    // the cpu backend as the first product plus the second accumulated, as grouped_matmul_backward would.
+    void (*grouped_matmul_dinp_pair)(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,
+                                     const int32_t *offsets_host);
 
     // ---- normalization and elementwise ----
     // out (M, d) = inp * rstd * w;  rstd (M) F32 saved for backward; rstd = 1/sqrt(mean(inp^2) + eps)

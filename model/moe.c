@@ -104,15 +104,17 @@ void moe_recompute(Model *m, Layer *L) {
     if (L->ffn.width > 0) ffn_recompute(m->be, &L->ffn);
 }
 
-// dxs (N*K, d) = the gradient w.r.t. the dispatched rows, from dys (N*K, d): the gate projection's input gradient,
-// then the up projection's added onto it (accumulate_dinp: summed in FP32, rounded once).
+// dxs (N*K, d) = the gradient w.r.t. the dispatched rows, from dys (N*K, d): the gate and up projections' input
+// gradients summed by one dinp pair (cuda: one contraction over both, rounded once), their weight gradients apart.
 static void moe_experts_backward(Model *m, Layer *L) {
     const Backend *be = m->be;
     BackScratch *bs = &m->bs;
+    const Tensor none = {0};
     be->grouped_matmul_backward(bs->dea, L->exp_down.g, bs->dys, L->ea, L->exp_down.w, L->offsets, NULL, 0);
     be->swiglu_backward(bs->deg, bs->deu, bs->dea, L->eg, L->eu);
-    be->grouped_matmul_backward(bs->dxs, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, NULL, 0);
-    be->grouped_matmul_backward(bs->dxs, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, NULL, 1);
+    be->grouped_matmul_backward(none, L->exp_gate.g, bs->deg, L->xs, L->exp_gate.w, L->offsets, NULL, 0);
+    be->grouped_matmul_backward(none, L->exp_up.g, bs->deu, L->xs, L->exp_up.w, L->offsets, NULL, 0);
+    be->grouped_matmul_dinp_pair(bs->dxs, bs->deg, L->exp_gate.w, bs->deu, L->exp_up.w, L->offsets, NULL);
 }
 
 void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2) {

@@ -203,6 +203,31 @@ TEST(ops_grouped_matmul_backward_accumulate_dinp) {
     }
 }
 
+// The dinp pair on the same segments: dinp = dout @ w[e] (as above) + dout_b @ wb[e], wb[0] = [[2, 0], [0, 2]],
+// wb[1] = [[1, 1], [0, 1]]: row 0 (4, 6) + (1, 0) @ wb[0] = (6, 6); row 1 (0, 2) + (1, 1) @ wb[1] = (1, 4);
+// row 2 (3, 0) + (2, 0) @ wb[1] = (5, 2); row 3 keeps its 10 (overwrite semantics, in no segment).
+TEST(ops_grouped_matmul_dinp_pair) {
+    int32_t off[3] = {0, 1, 3};
+    float w[8] = {1, 2, 3, 4, 0, 1, 1, 0}, dout[8] = {1, 1, 2, 0, 0, 3, 5, 5};
+    float wb[8] = {2, 0, 0, 2, 1, 1, 0, 1}, dout_b[8] = {1, 0, 1, 1, 2, 0, 7, 7};
+    const float want[8] = {6, 6, 1, 4, 5, 2, 10, 10};
+    float dinp[8];
+    for (int i = 0; i < 8; i++) dinp[i] = 10.0f;
+    cpu()->grouped_matmul_dinp_pair(tensor_2d(dinp, DT_F32, 4, 2), tensor_2d(dout, DT_F32, 4, 2),
+                                    tensor_3d(w, DT_F32, 2, 2, 2), tensor_2d(dout_b, DT_F32, 4, 2),
+                                    tensor_3d(wb, DT_F32, 2, 2, 2), tensor_1d(off, DT_I32, 3), off);
+    for (int i = 0; i < 8; i++) ASSERT_NEAR(dinp[i], want[i], 0, 0);
+}
+
+static void die_pair_bad_wb(void *unused) {
+    (void)unused;
+    static float d[4 * 2], g[4 * 2], w[2 * 2 * 2], wb[2 * 2 * 3];
+    static int32_t off[3] = {0, 1, 3};
+    backend_get("cpu")->grouped_matmul_dinp_pair(tensor_2d(d, DT_F32, 4, 2), tensor_2d(g, DT_F32, 4, 2),
+                                                 tensor_3d(w, DT_F32, 2, 2, 2), tensor_2d(g, DT_F32, 4, 2),
+                                                 tensor_3d(wb, DT_F32, 2, 2, 3), tensor_1d(off, DT_I32, 3), off);
+}
+
 static void die_matmul_bad_k(void *unused) {
     (void)unused;
     static float x[8 * 64], w[32 * 48], o[8 * 32];
@@ -235,4 +260,5 @@ TEST(ops_matmul_bad_shapes_die_with_clear_messages) {
     EXPECT_DIE(die_matmul_bad_dtype, NULL, "matmul_forward: inp (2, 2) is bf16, expected f32");
     EXPECT_DIE(die_grouped_bad_offsets, NULL, "grouped_matmul_forward: offsets decrease at expert 1");
     EXPECT_DIE(die_grouped_offsets_past_end, NULL, "offsets end at row 9 but the input has 6 rows");
+    EXPECT_DIE(die_pair_bad_wb, NULL, "grouped_matmul_dinp_pair: wb (2, 2, 3) and wa (2, 2, 2) disagree on shape");
 }

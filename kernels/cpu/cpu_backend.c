@@ -18,6 +18,7 @@ const Backend backend_cpu = {
     .matmul_backward = cpu_matmul_backward,
     .grouped_matmul_forward = cpu_grouped_matmul_forward,
     .grouped_matmul_backward = cpu_grouped_matmul_backward,
+    .grouped_matmul_dinp_pair = cpu_grouped_matmul_dinp_pair,
 
     .rmsnorm_forward = cpu_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,

@@ -229,3 +229,29 @@ void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp
         if (dw.data) gemm_tn_acc((float *)dw.data + e * N * K, K, g + r0 * N, N, x + r0 * K, K, rows, N, K);
     }
 }
+
+void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,
+                                  const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_dinp_pair";
+    cpu_need(op, "dinp", &dinp, DT_F32, 2);
+    cpu_need(op, "dout_a", &dout_a, DT_F32, 2);
+    cpu_need(op, "dout_b", &dout_b, DT_F32, 2);
+    cpu_need(op, "wa", &wa, DT_F32, 3);
+    cpu_need(op, "wb", &wb, DT_F32, 3);
+    for (int i = 0; i < 3; i++) cpu_agree(op, "wb", &wb, wb.shape[i], "wa", &wa, wa.shape[i], "shape");
+    int64_t R = dinp.shape[0], K = dinp.shape[1], E = wa.shape[0], N = wa.shape[1];
+    cpu_agree(op, "dinp", &dinp, K, "wa", &wa, wa.shape[2], "K");
+    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[0], "dinp", &dinp, R, "rows");
+    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[1], "wa", &wa, N, "N");
+    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[0], "dinp", &dinp, R, "rows");
+    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[1], "wa", &wa, N, "N");
+    offsets_host = check_offsets(op, offsets, offsets_host, E, R);
+    const float *ga = dout_a.data, *gb = dout_b.data, *pa = wa.data, *pb = wb.data;
+    for (int64_t e = 0; e < E; e++) {
+        int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
+        if (rows <= 0) continue;
+        float *d = (float *)dinp.data + r0 * K;
+        gemm_nn(d, K, ga + r0 * N, N, pa + e * N * K, K, rows, N, K, 0);
+        gemm_nn(d, K, gb + r0 * N, N, pb + e * N * K, K, rows, N, K, 1);
+    }
+}

@@ -43,6 +43,8 @@ void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor
 void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                  const int32_t *offsets_host, int accumulate_dinp);
+void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,
+                                  const int32_t *offsets_host);
 
 // ---- normalization (cpu_norm.c) and elementwise (cpu_elementwise.c) ----
 void cpu_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);

@@ -22,6 +22,7 @@ extern "C" const Backend backend_cuda = {
     .matmul_backward = cuda_matmul_backward,
     .grouped_matmul_forward = cuda_grouped_matmul_forward,
     .grouped_matmul_backward = cuda_grouped_matmul_backward,
+    .grouped_matmul_dinp_pair = cuda_grouped_matmul_dinp_pair,
 
     .rmsnorm_forward = cuda_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,

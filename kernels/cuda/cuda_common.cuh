@@ -217,6 +217,8 @@ void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tenso
 void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                   const int32_t *offsets_host, int accumulate_dinp);
+void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,
+                                   const int32_t *offsets_host);
 
 void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);
 void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,

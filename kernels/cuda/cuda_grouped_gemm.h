@@ -30,6 +30,8 @@ void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
 void cuda_gg_wg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets);
 void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate);
 void cuda_gg_wg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
+// dinp = da @ wa[e] + db @ wb[e] per segment, one contraction (overwrite); da, db (R, N), wa, wb (E, N, K).
+void cuda_gg_wg_dinp_pair(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor offsets);
 // DSV3_GG = wg | mma (unset or empty: mma): which kernel set the backend's BF16 grouped GEMMs use; read at every
 // call (so one process can A/B both); any other value dies. DSV3_GG_WG_BN = 256 | 128 (unset: 256) picks the wgmma
 // kernels' output tile width (128 x 256 or 128 x 128), for measurements.

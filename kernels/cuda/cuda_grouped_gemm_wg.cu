@@ -256,6 +256,38 @@ template <class Cfg, typename OutT> struct ProbNN {
     }
 };
 
+// dinp (R, K) = da (R, N) @ wa[e] (N, K) + db (R, N) @ wb[e] (N, K): one contraction over both products (the MoE
+// gate and up projections' input gradients), so the sum is formed in the FP32 accumulators and rounded once, the
+// contraction is twice as deep as either product's, and nothing is read back. Contraction index kc in
+// [0, NP + N): [0, NP) walks product a (NP = N rounded up to the 64-deep stage, the columns past N zero-filled by
+// load_block), [NP, NP + N) product b, so no stage mixes the two.
+template <class Cfg, typename OutT> struct ProbNN2 {
+    static constexpr int TA = 0, TB = 1;
+    OutT *dinp;
+    const bf16 *da, *wa, *db, *wb;
+    const int32_t *off;
+    int R, E, N, K, NP, col_tiles;
+    long long tiles;
+    __device__ __forceinline__ bool get(int j, Tile &t) const {
+        const long long idx = (long long)blockIdx.x + (long long)j * gridDim.x;
+        if (idx >= tiles || !find_row_tile<Cfg::BM>(off, E, R, (int)(idx / col_tiles), t.e, t.m0, t.m_end))
+            return false;
+        t.c0 = (int)(idx % col_tiles) * Cfg::BN, t.k0 = 0, t.k_end = NP + N;
+        return true;
+    }
+    __device__ __forceinline__ void load(const Tile &t, int kc, uint32_t sa, uint32_t sb) const {
+        const bool second = kc >= NP;
+        const bf16 *d = second ? db : da, *w = second ? wb : wa;
+        const int k = second ? kc - NP : kc;
+        load_block<Cfg::BM, 1, Cfg::THREADS>(sa, d, N, t.m0, t.m_end, k, N);
+        load_block<Cfg::BK, Cfg::BN / 64, Cfg::THREADS>(sb, w + (int64_t)t.e * N * K, K, k, N, t.c0, K);
+    }
+    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
+        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) store_staged<Cfg>(dinp, K, d, t.m0, t.m_end, t.c0, K, stg);
+        else store_acc<Cfg::BN>(dinp, K, d, t.m0, t.m_end, t.c0, K, 0);
+    }
+};
+
 // dw[e] (N, K) += dout_seg (rows, N)^T @ inp_seg (rows, K): M = N, the contraction runs over the segment's rows.
 template <class Cfg> struct ProbDW {
     static constexpr int TA = 1, TB = 1;
@@ -395,6 +427,19 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
     else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
 }
 
+// dinp (R, K) = da @ wa[e] + db @ wb[e]. Persistent like nn; an empty contraction (N = 0) writes zeros.
+template <class Cfg, typename OutT>
+__global__ void __launch_bounds__(Cfg::THREADS, 1)
+    sm90_bf16_grouped_gemm_wg_nn2(OutT *dinp, const bf16 *da, const bf16 *wa, const bf16 *db, const bf16 *wb,
+                                  const int32_t *offsets, int R, int E, int N, int K, int col_tiles, long long tiles,
+                                  CudaDevError *err) {
+    check_offsets(offsets, E, R, err);
+    const int np = (N + Cfg::BK - 1) / Cfg::BK * Cfg::BK;
+    const ProbNN2<Cfg, OutT> p = {dinp, da, wa, db, wb, offsets, R, E, N, K, np, col_tiles, tiles};
+    if (N == 0) store_zero_tiles<Cfg>(p, ring_base(gg_wg_smem));
+    else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
+}
+
 // dw[e] (N, K) += dout_seg^T @ inp_seg. grid: E x n_tiles x k_tiles; block b: the expert of rank b / (n_tiles
 // k_tiles) by descending row count (ties by index), tile b % (n_tiles k_tiles), K tile fastest.
 template <class Cfg>
@@ -501,6 +546,20 @@ template <class Cfg, typename OutT> void launch_nn(Tensor dinp, Tensor dout, Ten
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_wg_nn");
 }
 
+template <class Cfg, typename OutT>
+void launch_nn2(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor offsets) {
+    const int R = (int)da.shape[0], E = (int)wa.shape[0], N = (int)wa.shape[1], K = (int)wa.shape[2];
+    const int col_tiles = (int)gg_ceil_div(K, Cfg::BN);
+    const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
+    if (tiles == 0) return;
+    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
+    set_smem_once<sm90_bf16_grouped_gemm_wg_nn2<Cfg, OutT>>(Cfg::SMEM);
+    sm90_bf16_grouped_gemm_wg_nn2<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
+        (OutT *)dinp.data, (const bf16 *)da.data, (const bf16 *)wa.data, (const bf16 *)db.data, (const bf16 *)wb.data,
+        (const int32_t *)offsets.data, R, E, N, K, col_tiles, tiles, cuda_dev_error());
+    CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_wg_nn2");
+}
+
 template <class Cfg> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
     const int R = (int)inp.shape[0], K = (int)inp.shape[1], E = (int)dw.shape[0], N = (int)dw.shape[1];
     const int n_tiles = (int)gg_ceil_div(N, Cfg::BM), k_tiles = (int)gg_ceil_div(K, Cfg::BN);
@@ -520,6 +579,11 @@ template <class Cfg> void forward_as(Tensor out, Tensor inp, Tensor w, Tensor of
 template <class Cfg> void dinp_as(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate) {
     if (dinp.dtype == DT_BF16) launch_nn<Cfg, bf16>(dinp, dout, w, offsets, accumulate);
     else launch_nn<Cfg, float>(dinp, dout, w, offsets, accumulate);
+}
+
+template <class Cfg> void dinp_pair_as(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor offsets) {
+    if (dinp.dtype == DT_BF16) launch_nn2<Cfg, bf16>(dinp, da, wa, db, wb, offsets);
+    else launch_nn2<Cfg, float>(dinp, da, wa, db, wb, offsets);
 }
 
 } // namespace
@@ -546,6 +610,14 @@ extern "C" void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offse
     case WG_256: dinp_as<Cfg256>(dinp, dout, w, offsets, accumulate); break;
     case WG_128: dinp_as<Cfg128>(dinp, dout, w, offsets, accumulate); break;
     case WG_256_BULK: dinp_as<Cfg256s>(dinp, dout, w, offsets, accumulate); break;
+    }
+}
+
+extern "C" void cuda_gg_wg_dinp_pair(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor offsets) {
+    switch (wg_choice()) {
+    case WG_256: dinp_pair_as<Cfg256>(dinp, da, wa, db, wb, offsets); break;
+    case WG_128: dinp_pair_as<Cfg128>(dinp, da, wa, db, wb, offsets); break;
+    case WG_256_BULK: dinp_pair_as<Cfg256s>(dinp, da, wa, db, wb, offsets); break;
     }
 }
 

@@ -413,6 +413,37 @@ extern "C" void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout
                               accumulate_dinp);
 }
 
+extern "C" void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb,
+                                              Tensor offsets, const int32_t *offsets_host) {
+    const char *op = "grouped_matmul_dinp_pair";
+    cuda_need_float(op, "dinp", &dinp, 2);
+    cuda_need_float(op, "dout_a", &dout_a, 2);
+    cuda_need_float(op, "dout_b", &dout_b, 2);
+    cuda_need_float(op, "wa", &wa, 3);
+    cuda_need_float(op, "wb", &wb, 3);
+    cuda_same_dtype(op, "dout_a", &dout_a, "wa", &wa);
+    cuda_same_dtype(op, "dout_b", &dout_b, "wa", &wa);
+    cuda_same_dtype(op, "wb", &wb, "wa", &wa);
+    for (int i = 0; i < 3; i++) cpu_agree(op, "wb", &wb, wb.shape[i], "wa", &wa, wa.shape[i], "shape");
+    const int64_t R = dinp.shape[0], K = dinp.shape[1], E = wa.shape[0], N = wa.shape[1];
+    cpu_agree(op, "dinp", &dinp, K, "wa", &wa, wa.shape[2], "K");
+    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[0], "dinp", &dinp, R, "rows");
+    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[1], "wa", &wa, N, "N");
+    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[0], "dinp", &dinp, R, "rows");
+    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[1], "wa", &wa, N, "N");
+    check_offsets(op, offsets, E);
+    const void *ptrs[5] = {dinp.data, dout_a.data, wa.data, dout_b.data, wb.data};
+    if (dout_a.dtype == DT_BF16 && cuda_gg_wg_selected() && cuda_gg_supported(R, E, N, K, ptrs, 5)) {
+        cuda_gg_wg_dinp_pair(dinp, dout_a, wa, dout_b, wb, offsets);
+        return;
+    }
+    // Elsewhere: the two products through grouped_matmul_backward, the second accumulated (dinp stands for the
+    // input there: only its shape (R, K) is read when no dw is asked for).
+    const Tensor none = {0};
+    cuda_grouped_matmul_backward(dinp, none, dout_a, dinp, wa, offsets, offsets_host, 0);
+    cuda_grouped_matmul_backward(dinp, none, dout_b, dinp, wb, offsets, offsets_host, 1);
+}
+
 extern "C" void cuda_grouped_matmul_backward_loop(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w,
                                                   Tensor offsets, const int32_t *offsets_host, int accumulate_dinp) {
     const char *op = "grouped_matmul_backward";

@@ -101,6 +101,12 @@ static void gmm_dw(void *c) {
     GmmCtx *m = c;
     G->grouped_matmul_backward(tensor_2d(NULL, DT_BF16, 0, 0), m->dw, m->dout, m->inp, m->w, m->off, m->off_h, 0);
 }
+// The dinp pair (the MoE gate and up input gradients as one contraction): dout @ w[e] + dout @ w[e] (the same
+// operands twice: the speed does not depend on the values).
+static void gmm_dinp_pair(void *c) {
+    GmmCtx *m = c;
+    G->grouped_matmul_dinp_pair(m->dinp, m->dout, m->w, m->dout, m->w, m->off, m->off_h);
+}
 static void loop_fwd(void *c) { GmmCtx *m = c; cuda_grouped_matmul_forward_loop(m->out, m->inp, m->w, m->off, m->off_h); }
 static void loop_dinp(void *c) {
     GmmCtx *m = c;
@@ -182,6 +188,8 @@ static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t
         printf(" loop %7.3f ms %6.1f TFLOP/s\n", tl * 1e3, fl / tl * 1e-12);
     }
     unsetenv("DSV3_GG"), unsetenv("DSV3_GG_WG_BN"), unsetenv("DSV3_GG_WG_EPI");
+    const double tp = time_it(gmm_dinp_pair, &m); // the default kernel set
+    printf("    dinp pair (2 products, default set) %7.3f ms %6.1f TFLOP/s\n", tp * 1e3, 2 * fl / tp * 1e-12);
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data), G->free(doff), free(m.off_h);
 }

@@ -1,6 +1,6 @@
-// cuda vs cpu: the BF16 grouped (MoE expert) GEMMs, through the backend's grouped_matmul_forward/backward:
-// out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto what dinp holds),
-// dw[e] += dout_seg^T inp_seg. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
+// cuda vs cpu: the BF16 grouped (MoE expert) GEMMs, through the backend's grouped_matmul_forward/backward and
+// grouped_matmul_dinp_pair: out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto
+// what dinp holds), dw[e] += dout_seg^T inp_seg, and the pair dinp = dout @ w[e] + dout2 @ w2[e]. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
 // (DSV3_GG=mma) and the wgmma kernels of cuda_grouped_gemm_wg.cu (DSV3_GG=wg) with both tile widths
 // (DSV3_GG_WG_BN=256, 128; DSV3_GG_WG_EPI=direct, bulk), each with F32 and BF16 out/dinp.
 //
@@ -55,7 +55,9 @@ typedef struct {
     int64_t S, R, nw; // rows in segments, tensor rows (S + tail), dw elements
     int32_t *off;
     float *x, *w, *g, *dw0, *dx0, *want, *want_dx, *want_dw;
+    float *w2, *g2, *want_pair;             // the dinp pair's second product (g2 @ w2[e]) and the pair's reference
     void *d_xbuf, *d_x, *d_w, *d_g, *d_off; // device inputs (d_x inside d_xbuf when skewed)
+    void *d_w2, *d_g2;
 } GgData;
 
 static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType od) {
@@ -75,12 +77,26 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
     void *d_dxa = gt_dev(dx0, R * K, od);
     G->grouped_matmul_backward(tensor_2d(d_dxa, od, R, K), tensor_3d(NULL, DT_F32, E, N, K), t_g, t_x, t_w, g_off,
                                h->off, 1);
+    // the dinp pair: g @ w[e] + g2 @ w2[e], overwriting a poisoned dinp
+    void *d_dxp = gt_dev_poison(R * K, od);
+    G->grouped_matmul_dinp_pair(tensor_2d(d_dxp, od, R, K), t_g, t_w, tensor_2d(h->d_g2, bf, R, N),
+                                tensor_3d(h->d_w2, bf, E, N, K), g_off, h->off);
     const double rtol = b ? 1e-2 : 1e-5, atol = b ? 1e-3 : 1e-5;
     char what[200], id[160];
     snprintf(id, sizeof id, "%s E %d R %lld+%d N %d K %d %s%s", im->name, E, (long long)S, c->tail, N, K,
              b ? "bf16" : "f32", c->skew ? " skewed" : "");
     float *out = gt_host(d_out, R * N, od), *dx = gt_host(d_dx, R * K, od), *dxa = gt_host(d_dxa, R * K, od);
-    float *dw = gt_host(d_dw, nw, DT_F32);
+    float *dw = gt_host(d_dw, nw, DT_F32), *dxp = gt_host(d_dxp, R * K, od);
+    // The wgmma set sums both products in one contraction (one rounding); the mma set falls back to the first
+    // product rounded to od, then the second accumulated onto it: one more rounding, of the first product (at most
+    // half a BF16 ulp of its largest value, 2^-9 relative; allowed 2^-8).
+    double atol_first = 0;
+    if (b && strcmp(im->gg, "wg")) {
+        for (int64_t i = 0; i < S * K; i++) atol_first = fmax(atol_first, fabs(h->want_dx[i]));
+        atol_first = ldexp(atol_first, -8);
+    }
+    snprintf(what, sizeof what, "%s dinp pair", id);
+    GT_CLOSE_ABS(what, dxp, h->want_pair, S * K, rtol, atol, atol_first);
     snprintf(what, sizeof what, "%s fwd", id);
     GT_CLOSE(what, out, h->want, S * N, rtol, atol);
     snprintf(what, sizeof what, "%s dinp", id);
@@ -98,12 +114,14 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
         GT_EXACT(what, out + S * N, nan, (int64_t)c->tail * N);
         snprintf(what, sizeof what, "%s dinp tail rows", id);
         GT_EXACT(what, dx + S * K, nan, (int64_t)c->tail * K);
+        snprintf(what, sizeof what, "%s dinp pair tail rows", id);
+        GT_EXACT(what, dxp + S * K, nan, (int64_t)c->tail * K);
         snprintf(what, sizeof what, "%s dinp += tail rows", id);
         GT_EXACT(what, dxa + S * K, dx0 + S * K, (int64_t)c->tail * K);
         free(nan);
     }
-    G->free(d_out), G->free(d_dx), G->free(d_dw), G->free(d_dxa);
-    free(dx0), free(out), free(dx), free(dxa), free(dw), free(acc_want);
+    G->free(d_out), G->free(d_dx), G->free(d_dw), G->free(d_dxa), G->free(d_dxp);
+    free(dx0), free(out), free(dx), free(dxa), free(dw), free(acc_want), free(dxp);
 }
 
 static void check_case(const GgCase *c) {
@@ -124,6 +142,12 @@ static void check_case(const GgCase *c) {
     C->grouped_matmul_backward(tensor_2d(h.want_dx, DT_F32, R, K), tensor_3d(h.want_dw, DT_F32, E, N, K),
                                tensor_2d(h.g, DT_F32, R, N), tensor_2d(h.x, DT_F32, R, K),
                                tensor_3d(h.w, DT_F32, E, N, K), c_off, h.off, 0);
+    h.w2 = gt_round_bf16(ops_rand(nw, 1.0f), nw), h.g2 = gt_round_bf16(ops_rand(R * N, 1.0f), R * N);
+    h.want_pair = malloc(sizeof(float) * (R * K > 0 ? R * K : 1));
+    C->grouped_matmul_dinp_pair(tensor_2d(h.want_pair, DT_F32, R, K), tensor_2d(h.g, DT_F32, R, N),
+                                tensor_3d(h.w, DT_F32, E, N, K), tensor_2d(h.g2, DT_F32, R, N),
+                                tensor_3d(h.w2, DT_F32, E, N, K), c_off, h.off);
+    h.d_w2 = gt_dev(h.w2, nw, DT_BF16), h.d_g2 = gt_dev(h.g2, R * N, DT_BF16);
     if (c->skew) {
         float *xs = malloc(sizeof(float) * (R * K + 1));
         xs[0] = 0.0f;
@@ -139,8 +163,9 @@ static void check_case(const GgCase *c) {
         run_impl(c, &h, &g_impls[i], DT_F32);
         run_impl(c, &h, &g_impls[i], DT_BF16);
     }
-    G->free(h.d_xbuf), G->free(h.d_w), G->free(h.d_g), G->free(h.d_off);
+    G->free(h.d_xbuf), G->free(h.d_w), G->free(h.d_g), G->free(h.d_off), G->free(h.d_w2), G->free(h.d_g2);
     free(h.x), free(h.w), free(h.g), free(h.dw0), free(h.dx0), free(h.want), free(h.want_dx), free(h.want_dw);
+    free(h.w2), free(h.g2), free(h.want_pair);
     free(h.off);
 }
 
