@@ -215,6 +215,8 @@ void cuda_memory_in_use(size_t *used, size_t *total);
 void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
 void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
+void cuda_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
+                                 const int32_t *offsets_host);
 void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                   const int32_t *offsets_host, int accumulate_dinp);
 void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,
