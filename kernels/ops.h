@@ -13,9 +13,9 @@
 // - Row-wise ops (matmul's inp/out/dout, norms, elementwise, embedding out, cross-entropy logits) accept any leading
 //   shape: (B, T, d) is read as (B*T, d). Weights and index tensors take exactly the documented rank.
 // - Optional arguments are passed as a tensor with data == NULL: dinp/dw of matmul, grouped matmul and rmsnorm
-//   backward (that gradient is skipped), dlogits of cross-entropy (losses only), the bias of moe_route (no bias),
-//   dscores_extra, the balance loss's loss and dscores, counts of moe_dispatch_plan, and offsets_host of the
-//   dispatch plan and the grouped matmuls (a NULL pointer).
+//   backward (that gradient is skipped), rmsnorm backward's dinp_lowp, dlogits of cross-entropy (losses only), the
+//   bias of moe_route (no bias), dscores_extra, the balance loss's loss and dscores, counts of moe_dispatch_plan,
+//   and offsets_host of the dispatch plan and the grouped matmuls (a NULL pointer).
 #ifndef OPS_H
 #define OPS_H
 
@@ -73,6 +73,10 @@ typedef struct Backend {
     // ---- dense linear algebra ----
     // out (M, N) [+]= inp (M, K) @ w (N, K)^T
     void (*matmul_forward)(Tensor out, Tensor inp, Tensor w, int accumulate);
+    // out (M, N) = res (M, N) + inp (M, K) @ w (N, K)^T: a residual add in the GEMM's epilogue (res read as the
+    // GEMM's C operand, out written as D), so x_out = x_in + proj(h) needs no copy of the stream first. res and out
+    // have one dtype and one shape; out may be res itself (then this is matmul_forward with accumulate = 1).
+    void (*matmul_forward_residual)(Tensor out, Tensor res, Tensor inp, Tensor w);
     // dinp (M, K) [+]= dout (M, N) @ w (N, K)   (skipped when dinp.data == NULL)
     // dw (N, K) += dout^T @ inp                (skipped when dw.data == NULL)
     void (*matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
@@ -100,8 +104,11 @@ typedef struct Backend {
     // out (M, d) = inp * rstd * w;  rstd (M) F32 saved for backward; rstd = 1/sqrt(mean(inp^2) + eps)
     void (*rmsnorm_forward)(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);
     // dinp (M, d) [+]= ..., dw (d) += ...
+    // dinp_lowp (M, d) BF16 (skipped when its data is NULL; needs dinp): dinp's final value (after the accumulate)
+    // also written rounded to BF16, with convert's rounding (nearest even): the same bits as convert(dinp_lowp,
+    // dinp) afterwards, without a second pass over dinp. The BF16 model's view of its FP32 residual gradient.
     void (*rmsnorm_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                             int accumulate_dinp);
+                             int accumulate_dinp, Tensor dinp_lowp);
     // out (M, I) = silu(gate) * up
     void (*swiglu_forward)(Tensor out, Tensor gate, Tensor up);
     // dgate, dup (M, I) = (overwrite)

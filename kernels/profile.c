@@ -32,7 +32,8 @@ enum { WORK_NONE = 0, WORK_FLOPS = 1, WORK_BYTES = 2 };
     X(alloc, FAM_MEMORY, WORK_BYTES) X(free, FAM_MEMORY, WORK_NONE) X(upload, FAM_MEMORY, WORK_BYTES)               \
     X(download, FAM_MEMORY, WORK_BYTES) X(copy, FAM_ELEMENTWISE, WORK_BYTES) X(zero, FAM_ELEMENTWISE, WORK_BYTES)    \
     X(synchronize, FAM_MEMORY, WORK_NONE) X(memory_in_use, FAM_MEMORY, WORK_NONE)                                    \
-    X(matmul_forward, FAM_GEMM, WORK_FLOPS) X(matmul_backward, FAM_GEMM, WORK_FLOPS)                                 \
+    X(matmul_forward, FAM_GEMM, WORK_FLOPS) X(matmul_forward_residual, FAM_GEMM, WORK_FLOPS)                         \
+    X(matmul_backward, FAM_GEMM, WORK_FLOPS)                                                                         \
     X(grouped_matmul_forward, FAM_GROUPED_GEMM, WORK_FLOPS) X(grouped_matmul_backward, FAM_GROUPED_GEMM, WORK_FLOPS) \
     X(grouped_swiglu_forward, FAM_GROUPED_GEMM, WORK_FLOPS) X(grouped_matmul_dinp_pair, FAM_GROUPED_GEMM, WORK_FLOPS) \
     X(rmsnorm_forward, FAM_NORM, WORK_NONE) X(rmsnorm_backward, FAM_NORM, WORK_NONE)                                 \
@@ -118,8 +119,9 @@ static double prof_end(int op, double t0, double flops, double bytes) {
 
 static const char *shape_products(const ShapeRow *r) {
     if (r->op == OP_grouped_swiglu_forward) return "fwd glu";
-    if (r->op == OP_matmul_forward || r->op == OP_grouped_matmul_forward) return "fwd";
     if (r->op == OP_grouped_matmul_dinp_pair) return "dinp pair";
+    if (r->op == OP_matmul_forward || r->op == OP_matmul_forward_residual || r->op == OP_grouped_matmul_forward)
+        return "fwd";
     return r->products == 1 ? "dinp" : r->products == 2 ? "dw" : r->products == 3 ? "dinp+dw" : "none";
 }
 
@@ -230,6 +232,10 @@ static void profiled_matmul_forward(Tensor out, Tensor inp, Tensor w, int acc) {
     PROF_GEMM(matmul_forward, gemm_rows(inp, w), w.shape[0], w.shape[1], 0, 1, gemm_flops(inp, w),
               g_inner->matmul_forward(out, inp, w, acc));
 }
+static void profiled_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w) {
+    PROF_GEMM(matmul_forward_residual, gemm_rows(inp, w), w.shape[0], w.shape[1], 0, 1, gemm_flops(inp, w),
+              g_inner->matmul_forward_residual(out, res, inp, w));
+}
 static void profiled_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int acc) {
     PROF_GEMM(matmul_backward, gemm_rows(inp, w), w.shape[0], w.shape[1], 0,
               (dinp.data != NULL) | (dw.data != NULL) << 1,
@@ -269,8 +275,8 @@ static void profiled_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor
     PROF_CALL(rmsnorm_forward, 0, 0, g_inner->rmsnorm_forward(out, rstd, inp, w, eps));
 }
 static void profiled_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                                      int acc) {
-    PROF_CALL(rmsnorm_backward, 0, 0, g_inner->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, acc));
+                                      int acc, Tensor dinp_lowp) {
+    PROF_CALL(rmsnorm_backward, 0, 0, g_inner->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, acc, dinp_lowp));
 }
 static void profiled_swiglu_forward(Tensor out, Tensor gate, Tensor up) {
     PROF_CALL(swiglu_forward, 0, 0, g_inner->swiglu_forward(out, gate, up));

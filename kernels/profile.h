@@ -1,7 +1,8 @@
 // A per-op profiler for any backend: profile_wrap(inner) returns a Backend with the same ops, each of which
 // synchronizes the inner backend, takes a monotonic timestamp, runs the inner op, synchronizes again and adds
 // (calls, seconds) to the op's row, plus the work the op's arguments define:
-//   FLOPs  matmul_forward 2 M N K; matmul_backward 2 M N K per product it computes (dinp and/or dw non-NULL);
+//   FLOPs  matmul_forward and matmul_forward_residual 2 M N K; matmul_backward 2 M N K per product it computes
+//          (dinp and/or dw non-NULL);
 //          grouped_matmul_* the same summed over the R rows of the segments (2 R N K per product);
 //          attention (causal, the visible half of the scores, as tests/gpu/bench_ops_gpu.c counts it):
 //          forward 2 B H (T^2 / 2) (D + DV), backward 2 B H (T^2 / 2) (3 D + 2 DV) (2.5x the forward when D = DV).

@@ -7,12 +7,10 @@ void block_forward(Model *m, Layer *L, int train) {
     const Backend *be = m->be;
     mla_forward(m, L);
     be->rmsnorm_forward(L->h2, L->rstd2, L->x_mid, L->post_norm.w, (float)m->mc.norm_eps);
-    be->copy(L->x_out.data, L->x_mid.data, (size_t)m->N * m->mc.dim * sizeof(float));
-    if (!L->is_moe) {
-        ffn_forward(be, &L->ffn, L->h2, L->x_out);
-        return;
-    }
-    moe_forward(m, L, L->x_out, train);
+    // x_out = x_mid + FFN(h2): the first GEMM into x_out (the dense or shared down projection) adds x_mid
+    Tensor res = model_residual_begin(m, L->x_out, L->x_mid);
+    if (!L->is_moe) ffn_forward(be, &L->ffn, L->h2, L->x_out, res);
+    else moe_forward(m, L, L->x_out, res, train);
 }
 
 void block_backward(Model *m, Layer *L, Tensor dx) {
@@ -23,9 +21,13 @@ void block_backward(Model *m, Layer *L, Tensor dx) {
         if (L->is_moe) moe_recompute(m, L);
         else ffn_recompute(be, &L->ffn);
     }
-    Tensor dxl = model_grad_lowp(m, dx);   // what the FFN's backward GEMMs read
+    // What the FFN's backward GEMMs read: dx's BF16 view, written by the rmsnorm_backward that formed dx (the block
+    // above's in_norm, the head's final norm, MTP's hnorm; model_grad_lowp converts where none did).
+    Tensor dxl = model_grad_lowp(m, dx);
     if (L->is_moe) moe_backward(m, L, dxl, dh2);
     else ffn_backward(be, &L->ffn, L->h2, dxl, dh2, 0, &m->bs);
-    be->rmsnorm_backward(dx, L->post_norm.g, dh2, L->x_mid, L->post_norm.w, L->rstd2, 1);
+    // dx is now w.r.t. x_mid: its BF16 view, for o_proj's backward in mla_backward, is written here too.
+    be->rmsnorm_backward(dx, L->post_norm.g, dh2, L->x_mid, L->post_norm.w, L->rstd2, 1,
+                         model_grad_lowp_out(m, dx));
     mla_backward(m, L, dx);
 }

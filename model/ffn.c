@@ -1,12 +1,12 @@
-// SwiGLU FFN: out += down(silu(gate(x)) * up(x)), the dense FFN of the first layers and the shared experts of a
-// MoE layer (width n_shared * moe_inter_dim). x, out (N, d); g, u, a (N, I).
+// SwiGLU FFN: out = res + down(silu(gate(x)) * up(x)) (res.data NULL: out +=), the dense FFN of the first layers and
+// the shared experts of a MoE layer (width n_shared * moe_inter_dim). x, out, res (N, d); g, u, a (N, I).
 #include "model/model_impl.h"
 
-void ffn_forward(const Backend *be, Ffn *f, Tensor x, Tensor out) {
+void ffn_forward(const Backend *be, Ffn *f, Tensor x, Tensor out, Tensor res) {
     be->matmul_forward(f->g, x, f->gate.w, 0);
     be->matmul_forward(f->u, x, f->up.w, 0);
     be->swiglu_forward(f->a, f->g, f->u);
-    be->matmul_forward(out, f->a, f->down.w, 1);
+    model_residual_matmul(be, out, res, f->a, f->down.w);
 }
 
 // The SwiGLU output a is not kept under recompute: it is rebuilt from the kept g and u.

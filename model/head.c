@@ -21,7 +21,10 @@ void head_forward(Model *m, Tensor x, Weight norm, Tensor rstd, Tensor targets, 
                                            ce_scale);
         if (train) be->matmul_backward(tensor_rows(m->dhn, r0, r1), m->head.g, dlogits, hn, m->head.w, 0);
     }
-    if (train) be->rmsnorm_backward(dx, norm.g, m->dhn, x, norm.w, rstd, accumulate_dx);
+    // dx's BF16 view for the backward GEMMs that read dx next (the last block's FFN, MTP's eh_proj) is written here
+    // too; an MTP depth's hnorm accumulating into dx later writes it again.
+    if (train)
+        be->rmsnorm_backward(dx, norm.g, m->dhn, x, norm.w, rstd, accumulate_dx, model_grad_lowp_out(m, dx));
 }
 
 void head_logits(Model *m, Tensor x, float *logits_host) {

@@ -56,8 +56,8 @@ void mla_forward(Model *m, Layer *L) {
 
     be->attention_forward(as_heads(L->o, m->B, m->T, H), L->lse, as_heads(L->q, m->B, m->T, H),
                           as_heads(L->k, m->B, m->T, H), as_heads(L->v, m->B, m->T, H), m->softmax_scale);
-    be->copy(L->x_mid.data, L->x_in.data, (size_t)m->N * mc->dim * sizeof(float));
-    be->matmul_forward(L->x_mid, L->o, L->o_proj.w, 1);
+    // x_mid = x_in + o_proj(o): one GEMM with x_in as its residual (or x_in copied first: model_residual_begin)
+    model_residual_matmul(be, L->x_mid, model_residual_begin(m, L->x_mid, L->x_in), L->o, L->o_proj.w);
 }
 
 // Recompute (cfg->train.recompute): the RMSNorm outputs h, cq, ckvn and the up-projections q, k, v, from the kept
@@ -79,6 +79,7 @@ void mla_backward(Model *m, Layer *L, Tensor dx) {
     int kvlr = mc->kv_lora_rank, rope = mc->qk_rope_head_dim, nope = mc->qk_nope_head_dim, H = mc->n_heads;
     int B = m->B, T = m->T, N = m->N;
 
+    // dx's BF16 view: written by block_backward's post_norm rmsnorm_backward, which formed dx (model_grad_lowp).
     be->matmul_backward(bs->d_o, L->o_proj.g, model_grad_lowp(m, dx), L->o, L->o_proj.w, 0);
     if (m->cfg.train.recompute) mla_recompute(m, L);
     be->attention_backward(as_heads(bs->dq, B, T, H), as_heads(bs->dk, B, T, H), as_heads(bs->dv, B, T, H),
@@ -91,17 +92,19 @@ void mla_backward(Model *m, Layer *L, Tensor dx) {
     be->rope_apply(tensor_3d(bs->dkrope.data, bs->dkrope.dtype, N, 1, rope), 0, rope, m->cos, m->sin, T, 1);
 
     be->matmul_backward(bs->dckvn, L->kv_b.g, bs->dkv, L->ckvn, L->kv_b.w, 0);
-    be->rmsnorm_backward(bs->dckv, L->kv_a_norm.g, bs->dckvn, L->ckv, L->kv_a_norm.w, L->rstd_kv, 0);
+    be->rmsnorm_backward(bs->dckv, L->kv_a_norm.g, bs->dckvn, L->ckv, L->kv_a_norm.w, L->rstd_kv, 0, model_no_lowp());
     be->copy_cols(bs->dkva, 0, bs->dckv, 0, kvlr, 0);
     be->copy_cols(bs->dkva, kvlr, bs->dkrope, 0, rope, 0);
     be->matmul_backward(bs->dh, L->kv_a.g, bs->dkva, L->h, L->kv_a.w, 0);
 
     if (mc->q_lora_rank > 0) {
         be->matmul_backward(bs->dcq, L->q_b.g, bs->dq, L->cq, L->q_b.w, 0);
-        be->rmsnorm_backward(bs->dqa, L->q_a_norm.g, bs->dcq, L->qa, L->q_a_norm.w, L->rstd_q, 0);
+        be->rmsnorm_backward(bs->dqa, L->q_a_norm.g, bs->dcq, L->qa, L->q_a_norm.w, L->rstd_q, 0, model_no_lowp());
         be->matmul_backward(bs->dh, L->q_a.g, bs->dqa, L->h, L->q_a.w, 1);
     } else {
         be->matmul_backward(bs->dh, L->q_proj.g, bs->dq, L->h, L->q_proj.w, 1);
     }
-    be->rmsnorm_backward(dx, L->in_norm.g, bs->dh, L->x_in, L->in_norm.w, L->rstd1, 1);
+    // dx is now w.r.t. x_in, final for the block below (or MTP's eh_proj): its BF16 view is written here too.
+    be->rmsnorm_backward(dx, L->in_norm.g, bs->dh, L->x_in, L->in_norm.w, L->rstd1, 1,
+                         model_grad_lowp_out(m, dx));
 }

@@ -150,6 +150,7 @@ Model *model_create(const Config *cfg, const Backend *be, StageSpec stage, int B
     m->params = be->alloc((size_t)m->table.total * sizeof(float));
     m->grads = be->alloc((size_t)m->table.total * sizeof(float));
     m->adt = model_act_dtype(cfg, be);
+    model_residual_select(m);
     if (m->adt == DT_BF16) m->wlp = be->alloc((size_t)m->table.total * sizeof(uint16_t));
     m->wlp_stale = 1;
 
@@ -246,12 +247,6 @@ float *model_param_data(Model *m) {
 void model_params_changed(Model *m) { m->wlp_stale = 1; }
 DType model_act_dtype_of(const Model *m) { return m->adt; }
 
-Tensor model_grad_lowp(Model *m, Tensor g) {
-    if (m->adt == DT_F32) return g;
-    Tensor b = tensor_2d(m->dxb.data, m->adt, g.shape[0], g.shape[1]);
-    m->be->convert(b, g);
-    return b;
-}
 float *model_grad_data(Model *m) { return m->grads; }
 size_t model_arena_bytes(const Model *m) { return m->arena_bytes; }
 int model_batch(const Model *m) { return m->B; }
@@ -302,7 +297,11 @@ void model_route_load(Model *m, int i, const int32_t *choice) {
 
 Tensor model_stage_input(Model *m) { return m->res[0]; }
 Tensor model_stage_output(Model *m) { return m->res[m->n_main]; }
-Tensor model_stage_grad(Model *m) { return m->dx; }
+// The caller may write the gradient (the next stage's): the BF16 copy of dx that backward would reuse is void.
+Tensor model_stage_grad(Model *m) {
+    model_grad_lowp_invalidate(m);
+    return m->dx;
+}
 Tensor model_ids(Model *m, int j) { return tensor_1d((int32_t *)m->ids.data + (int64_t)j * m->N, DT_I32, m->N); }
 
 // ---- init ----
@@ -411,6 +410,7 @@ void model_stage_forward(Model *m, const int32_t *tokens, float grad_scale, floa
                          int train, MicroLosses *out) {
     MicroLosses r;
     memset(&r, 0, sizeof r);
+    model_grad_lowp_invalidate(m);
     forward_layers(m, tokens, grad_scale, balance_alpha, train);
     m->mtp_lambda = mtp_lambda;
     if (m->stage.has_head) {

@@ -122,6 +122,8 @@ struct Model {
     Tensor *res;                             // n_main + 1 residual stream buffers (N, d); res[0] = stage input
     Tensor dx;                               // (N, d) main residual gradient = model_stage_grad
     Tensor dxb;                              // (N, d) adt copy of a residual gradient for backward GEMMs (F32: dx)
+    const void *dxb_of;                      // the residual gradient (data) whose copy dxb holds; NULL: none
+    int fuse_gemm, fuse_lowp;                // DSV3_RESID_FUSE (residual.c)
     Tensor kva, kv, router_logits;           // scratch (N, kvlr+rope), (N, H*(nope+dv)), (N, E)
     Tensor rstd_f, hn_f, head_logits, dhn;   // (N), (N, d), (chunk, V) F32, (N, d)
     // The micro-batch's losses, left in backend memory until model_stage_forward reads them all at once (the one
@@ -153,14 +155,16 @@ void mla_forward(Model *m, Layer *L);
 // dx (N, d): in, the gradient w.r.t. x_mid; out, w.r.t. x_in (the attention branch is added in place).
 void mla_backward(Model *m, Layer *L, Tensor dx);
 
-// ffn.c
-void ffn_forward(const Backend *be, Ffn *f, Tensor x, Tensor out);
+// ffn.c: out = res + FFN(x) (res.data NULL: out += FFN(x)), the residual added by the down projection's GEMM.
+void ffn_forward(const Backend *be, Ffn *f, Tensor x, Tensor out, Tensor res);
 void ffn_recompute(const Backend *be, Ffn *f);
 // dx [+]= the gradient w.r.t. x from dout (the gradient w.r.t. out).
 void ffn_backward(const Backend *be, Ffn *f, Tensor x, Tensor dout, Tensor dx, int accumulate_dx, BackScratch *bs);
 
-// moe.c: out += shared(h2) + sum_k g_k expert_k(h2); its balance loss (when alpha > 0) goes to m->balance.
-void moe_forward(Model *m, Layer *L, Tensor out, int train);
+// moe.c: out = res + shared(h2) + sum_k g_k expert_k(h2) (res.data NULL: out += ...), res added by the shared
+// experts' down projection (or copied into out first when the layer has none); its balance loss (when alpha > 0)
+// goes to m->balance.
+void moe_forward(Model *m, Layer *L, Tensor out, Tensor res, int train);
 void moe_recompute(Model *m, Layer *L);
 // dh2 (overwrite) from dout, the gradient w.r.t. out.
 void moe_backward(Model *m, Layer *L, Tensor dout, Tensor dh2);
@@ -184,8 +188,24 @@ void mtp_backward(Model *m, int i, Tensor h_prev, Tensor dprev);
 // The row of tokens shifted by j: (N) I32.
 Tensor model_ids(Model *m, int j);
 
+// residual.c: the residual stream's fusions (DSV3_RESID_FUSE, read by model_residual_select at model_create).
+void model_residual_select(Model *m);
+// The forward's residual adds out = res + branch (N, d) F32: what the branch's first GEMM into out takes as its
+// residual (model_residual_matmul): res itself under the gemm fusion, else a NULL tensor, res having been copied
+// into out here (that GEMM then accumulates onto it).
+Tensor model_residual_begin(Model *m, Tensor out, Tensor res);
+// out = res + inp @ w^T (matmul_forward_residual) when res has data, else out += inp @ w^T.
+void model_residual_matmul(const Backend *be, Tensor out, Tensor res, Tensor inp, Tensor w);
 // A residual-stream gradient g (N, d) F32 as the backward GEMMs read it: g itself when adt is F32, else its BF16
-// copy in m->dxb (valid until the next call).
+// copy in m->dxb: as the rmsnorm_backward that formed g wrote it (given model_grad_lowp_out(m, g) as dinp_lowp),
+// or else converted here. Valid until the next residual gradient is written.
 Tensor model_grad_lowp(Model *m, Tensor g);
+// The dinp_lowp argument of a rmsnorm_backward whose dinp is the residual gradient g: m->dxb under the lowp fusion
+// of a BF16 model (dxb then holds g), else a NULL tensor. Every rmsnorm_backward into a residual gradient takes it.
+Tensor model_grad_lowp_out(Model *m, Tensor g);
+// A residual gradient may have changed outside the model's ops (model_stage_grad, a new forward): dxb holds none.
+void model_grad_lowp_invalidate(Model *m);
+// The dinp_lowp of a rmsnorm_backward whose dinp is not a residual gradient: none.
+static inline Tensor model_no_lowp(void) { return tensor_1d(NULL, DT_BF16, 0); }
 
 #endif

@@ -2,7 +2,7 @@
 //
 //   logits = h2 @ gate^T (FP32)                      (N, E)
 //   scores, topk_idx, gates = moe_route(logits, bias)  (N, E), (N, K), (N, K)
-//   out += shared(h2) + sum_k gates[t, k] * expert_{topk_idx[t, k]}(h2[t])
+//   out = res + shared(h2) + sum_k gates[t, k] * expert_{topk_idx[t, k]}(h2[t])
 //
 // The routed part is three separate steps with the token exchange between them, so that expert parallelism can
 // move rows between ranks at the two seams without touching the rest:
@@ -76,7 +76,7 @@ static void moe_combine(Model *m, Layer *L, Tensor out) {
     m->be->moe_combine(out, L->ey, L->gates, L->order, 1);
 }
 
-void moe_forward(Model *m, Layer *L, Tensor out, int train) {
+void moe_forward(Model *m, Layer *L, Tensor out, Tensor res, int train) {
     const Backend *be = m->be;
     int E = m->mc.n_routed_experts, K = m->mc.n_activated_experts;
     moe_route(m, L, train);
@@ -85,7 +85,10 @@ void moe_forward(Model *m, Layer *L, Tensor out, int train) {
         be->moe_balance_loss(tensor_rows(m->balance, slot, slot + 1), tensor_2d(NULL, DT_F32, m->N, E), L->scores,
                              L->topk, m->B, m->T, K, m->balance_alpha, 0.0f);
     }
-    if (L->ffn.width > 0) ffn_forward(be, &L->ffn, L->h2, out);
+    // The shared experts run first and write out = res + shared(h2) (their down projection adds the residual);
+    // without them out starts as a copy of res. The routed combine then accumulates.
+    if (L->ffn.width > 0) ffn_forward(be, &L->ffn, L->h2, out, res);
+    else if (res.data) be->copy(out.data, res.data, (size_t)tensor_numel(&out) * dtype_size(out.dtype));
     Tensor counts = tensor_1d(NULL, DT_I32, E);   // eval passes do not count toward the load
     if (train) {
         counts = tensor_rows(m->counts_dev, L->moe_index, L->moe_index + 1);

@@ -36,11 +36,14 @@ void mtp_backward(Model *m, int i, Tensor h_prev, Tensor dprev) {
     int d = m->mc.dim;
     block_backward(m, p->block, p->dres);                      // dres: now w.r.t. the block input
     if (m->cfg.train.recompute) mtp_build_cat(m, p, h_prev);
+    // dres's BF16 view: written by the block's in_norm rmsnorm_backward, which formed dres.
     be->matmul_backward(bs->dcat, p->eh_proj.g, model_grad_lowp(m, p->dres), p->cat, p->eh_proj.w, 0);
     // [emb ; h] split: the emb half through enorm into the embedding table, the h half through hnorm into dprev.
     be->copy_cols(bs->dtmp, 0, bs->dcat, 0, d, 0);
     be->copy_cols(bs->dh, 0, bs->dcat, d, d, 0);
-    be->rmsnorm_backward(dprev, p->hnorm.g, bs->dh, h_prev, p->hnorm.w, p->rstd_h, 1);
-    be->rmsnorm_backward(bs->demb, p->enorm.g, bs->dtmp, p->emb, p->enorm.w, p->rstd_e, 0);
+    // dprev (dx or the previous depth's dres) is final after this: its BF16 view, for the blocks below, too.
+    be->rmsnorm_backward(dprev, p->hnorm.g, bs->dh, h_prev, p->hnorm.w, p->rstd_h, 1,
+                         model_grad_lowp_out(m, dprev));
+    be->rmsnorm_backward(bs->demb, p->enorm.g, bs->dtmp, p->emb, p->enorm.w, p->rstd_e, 0, model_no_lowp());
     be->embedding_backward(m->embed.g, bs->demb, model_ids(m, i + 1));
 }

@@ -38,6 +38,9 @@ static inline float *ops_rand(int64_t n, float amp) {
     return x;
 }
 
+// An optional tensor argument left out (data NULL).
+static inline Tensor ops_none(DType dt) { return tensor_1d(NULL, dt, 0); }
+
 static inline double *ops_to_double(const float *x, int64_t n) {
     double *d = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     for (int64_t i = 0; i < n; i++) d[i] = x[i];

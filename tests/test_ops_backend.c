@@ -95,7 +95,8 @@ TEST(ops_cpu_table_is_complete) {
     const Backend *b = &backend_cpu;
 #define HAS(f) ASSERT_MSG(b->f != NULL, "backend_cpu." #f " is NULL")
     HAS(alloc); HAS(free); HAS(upload); HAS(download); HAS(copy); HAS(zero); HAS(synchronize);
-    HAS(matmul_forward); HAS(matmul_backward); HAS(grouped_matmul_forward); HAS(grouped_matmul_backward);
+    HAS(matmul_forward); HAS(matmul_forward_residual); HAS(matmul_backward); HAS(grouped_matmul_forward);
+    HAS(grouped_matmul_backward); HAS(convert);
     HAS(rmsnorm_forward); HAS(rmsnorm_backward); HAS(swiglu_forward); HAS(swiglu_backward); HAS(axpy);
     HAS(copy_cols); HAS(embedding_forward); HAS(embedding_backward); HAS(cross_entropy_forward_backward);
     HAS(rope_apply); HAS(mla_kv_assemble); HAS(mla_kv_assemble_backward); HAS(attention_forward);

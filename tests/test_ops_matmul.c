@@ -292,3 +292,77 @@ TEST(ops_matmul_bad_shapes_die_with_clear_messages) {
     EXPECT_DIE(die_grouped_offsets_past_end, NULL, "offsets end at row 9 but the input has 6 rows");
     EXPECT_DIE(die_pair_bad_wb, NULL, "grouped_matmul_dinp_pair: wb (2, 2, 3) and wa (2, 2, 2) disagree on shape");
 }
+
+// out = res + inp @ w^T against the double reference (res + ref_matmul), with out a separate buffer (res left as it
+// was) and out == res (in place), and bit for bit against its definition: a copy of res, then matmul_forward with
+// accumulate 1.
+TEST(ops_matmul_forward_residual) {
+    ops_rng_seed(107);
+    static const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {13, 33, 17}, {65, 70, 131}, {130, 64, 300}, {4, 9, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *x = ops_rand((int64_t)M * K, 1.0f), *w = ops_rand((int64_t)N * K, 1.0f);
+        float *res = ops_rand((int64_t)M * N, 2.0f), *res0 = ops_copy_f(res, (int64_t)M * N);
+        float *out = ops_rand((int64_t)M * N, 1.0f), *def = ops_copy_f(res, (int64_t)M * N);
+        double *xd = ops_to_double(x, (int64_t)M * K), *wd = ops_to_double(w, (int64_t)N * K);
+        double *want = malloc(sizeof(double) * M * N);
+        ref_matmul(want, xd, wd, M, N, K);
+        for (int i = 0; i < M * N; i++) want[i] += res[i];
+        Tensor tx = tensor_2d(x, DT_F32, M, K), tw = tensor_2d(w, DT_F32, N, K);
+        cpu()->matmul_forward_residual(tensor_2d(out, DT_F32, M, N), tensor_2d(res, DT_F32, M, N), tx, tw);
+        EXPECT_CLOSE("residual out", out, want, (int64_t)M * N, 1e-5, 1e-6);
+        ASSERT_MSG(memcmp(res, res0, sizeof(float) * M * N) == 0, "res changed (%dx%dx%d)", M, N, K);
+        cpu()->matmul_forward(tensor_2d(def, DT_F32, M, N), tx, tw, 1);
+        ASSERT_MSG(memcmp(out, def, sizeof(float) * M * N) == 0, "not copy + accumulate's bits (%dx%dx%d)", M, N, K);
+        cpu()->matmul_forward_residual(tensor_2d(res, DT_F32, M, N), tensor_2d(res, DT_F32, M, N), tx, tw);
+        ASSERT_MSG(memcmp(res, def, sizeof(float) * M * N) == 0, "in place differs (%dx%dx%d)", M, N, K);
+        free(x), free(w), free(res), free(res0), free(out), free(def), free(xd), free(wd), free(want);
+    }
+    // Hand-derived: [1 2] @ [[1 0] [1 1]]^T = [1 3], plus res [10 20].
+    float x[2] = {1, 2}, w[4] = {1, 0, 1, 1}, res[2] = {10, 20}, out[2] = {-1, -1};
+    cpu()->matmul_forward_residual(tensor_2d(out, DT_F32, 1, 2), tensor_2d(res, DT_F32, 1, 2),
+                                   tensor_2d(x, DT_F32, 1, 2), tensor_2d(w, DT_F32, 2, 2));
+    ASSERT(out[0] == 11.0f && out[1] == 23.0f && res[0] == 10.0f && res[1] == 20.0f);
+}
+
+static void die_residual_bad_res_shape(void *unused) {
+    (void)unused;
+    static float x[8 * 16], w[32 * 16], o[8 * 32], r[8 * 33];
+    cpu()->matmul_forward_residual(tensor_2d(o, DT_F32, 8, 32), tensor_2d(r, DT_F32, 8, 33),
+                                   tensor_2d(x, DT_F32, 8, 16), tensor_2d(w, DT_F32, 32, 16));
+}
+static void die_residual_bad_res_rows(void *unused) {
+    (void)unused;
+    static float x[8 * 16], w[32 * 16], o[8 * 32], r[9 * 32];
+    cpu()->matmul_forward_residual(tensor_2d(o, DT_F32, 8, 32), tensor_2d(r, DT_F32, 9, 32),
+                                   tensor_2d(x, DT_F32, 8, 16), tensor_2d(w, DT_F32, 32, 16));
+}
+static void die_residual_bad_res_dtype(void *unused) {
+    (void)unused;
+    static float x[8 * 16], w[32 * 16], o[8 * 32], r[8 * 32];
+    cpu()->matmul_forward_residual(tensor_2d(o, DT_F32, 8, 32), tensor_2d(r, DT_BF16, 8, 32),
+                                   tensor_2d(x, DT_F32, 8, 16), tensor_2d(w, DT_F32, 32, 16));
+}
+static void die_residual_overlap(void *unused) {
+    (void)unused;
+    static float x[8 * 16], w[32 * 16], buf[9 * 32];
+    cpu()->matmul_forward_residual(tensor_2d(buf + 32, DT_F32, 8, 32), tensor_2d(buf, DT_F32, 8, 32),
+                                   tensor_2d(x, DT_F32, 8, 16), tensor_2d(w, DT_F32, 32, 16));
+}
+static void die_residual_bad_k(void *unused) {
+    (void)unused;
+    static float x[8 * 16], w[32 * 15], o[8 * 32], r[8 * 32];
+    cpu()->matmul_forward_residual(tensor_2d(o, DT_F32, 8, 32), tensor_2d(r, DT_F32, 8, 32),
+                                   tensor_2d(x, DT_F32, 8, 16), tensor_2d(w, DT_F32, 32, 15));
+}
+
+TEST(ops_matmul_forward_residual_bad_inputs_die_with_clear_messages) {
+    EXPECT_DIE(die_residual_bad_res_shape, NULL,
+               "matmul_forward_residual: res (8, 33) and out (8, 32) disagree on N (33 vs 32)");
+    EXPECT_DIE(die_residual_bad_res_rows, NULL,
+               "matmul_forward_residual: res (9, 32) and out (8, 32) disagree on M (9 vs 8)");
+    EXPECT_DIE(die_residual_bad_res_dtype, NULL, "matmul_forward_residual: res (8, 32) is bf16, expected f32");
+    EXPECT_DIE(die_residual_overlap, NULL,
+               "matmul_forward_residual: res (8, 32) and out (8, 32) overlap without being the same tensor");
+    EXPECT_DIE(die_residual_bad_k, NULL, "matmul_forward_residual: inp (8, 16) and w (32, 15) disagree on K");
+}

@@ -46,14 +46,16 @@ TEST(ops_rmsnorm_forward_backward) {
         EXPECT_CLOSE("rmsnorm rstd", rstd, rw, M, 1e-5, 0);
         double *gx = ops_fd_grad(rmsnorm_loss, &c, c.x, M * d), *gw = ops_fd_grad(rmsnorm_loss, &c, c.w, d);
         cpu()->rmsnorm_backward(tensor_2d(dx, DT_F32, M, d), tensor_1d(dw, DT_F32, d), tensor_2d(R, DT_F32, M, d),
-                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), 0);
+                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d),
+                                tensor_1d(rstd, DT_F32, M), 0, ops_none(DT_BF16));
         for (int j = 0; j < d; j++) gw[j] += dw0[j];
         EXPECT_CLOSE("rmsnorm dinp (overwrite)", dx, gx, M * d, 1e-4, 1e-5);
         EXPECT_CLOSE("rmsnorm dw (accumulated)", dw, gw, d, 1e-4, 1e-5);
         // accumulate_dinp = 1 adds onto what is there.
         memcpy(dx, dx0, sizeof(float) * M * d);
         cpu()->rmsnorm_backward(tensor_2d(dx, DT_F32, M, d), tensor_1d(NULL, DT_F32, d), tensor_2d(R, DT_F32, M, d),
-                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), 1);
+                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d),
+                                tensor_1d(rstd, DT_F32, M), 1, ops_none(DT_BF16));
         for (int i = 0; i < M * d; i++) gx[i] += dx0[i];
         EXPECT_CLOSE("rmsnorm dinp (accumulated)", dx, gx, M * d, 1e-4, 1e-5);
         free(x), free(w), free(R), free(y), free(rstd), free(dx0), free(dw0), free(dx), free(dw);
@@ -236,4 +238,92 @@ TEST(ops_convert_rounds_to_nearest_even) {
     float f2[4];
     be->convert(tensor_1d(f2, DT_F32, 4), tensor_1d(src, DT_F32, 4));
     ASSERT(memcmp(f2, src, sizeof src) == 0);
+}
+
+// rmsnorm_backward's dinp_lowp: the BF16 bits of convert(dinp) after the same op without it, overwriting and
+// accumulating, dw or not; dinp itself unchanged by asking for the copy. Sizes on both sides of the parallel bound.
+TEST(ops_rmsnorm_backward_lowp_is_convert_of_dinp) {
+    ops_rng_seed(207);
+    static const int shapes[][2] = {{1, 1}, {3, 5}, {7, 64}, {300, 257}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int M = shapes[s][0], d = shapes[s][1], n = M * d;
+        float *x = ops_rand(n, 2.0f), *w = ops_rand(d, 1.5f), *g = ops_rand(n, 1.0f), *dx0 = ops_rand(n, 1.0f);
+        float *y = malloc(sizeof(float) * n), *rstd = malloc(sizeof(float) * M);
+        cpu()->rmsnorm_forward(tensor_2d(y, DT_F32, M, d), tensor_1d(rstd, DT_F32, M), tensor_2d(x, DT_F32, M, d),
+                               tensor_1d(w, DT_F32, d), 1e-6f);
+        for (int acc = 0; acc <= 1; acc++)
+            for (int with_dw = 0; with_dw <= 1; with_dw++) {
+                float *ref = ops_copy_f(dx0, n), *got = ops_copy_f(dx0, n), *dw1 = calloc(d, 4), *dw2 = calloc(d, 4);
+                uint16_t *lp = malloc(2 * (size_t)n), *conv = malloc(2 * (size_t)n);
+                memset(lp, 0xFF, 2 * (size_t)n);
+                Tensor tg = tensor_2d(g, DT_F32, M, d), tx = tensor_2d(x, DT_F32, M, d), tw = tensor_1d(w, DT_F32, d);
+                Tensor tr = tensor_1d(rstd, DT_F32, M);
+                cpu()->rmsnorm_backward(tensor_2d(ref, DT_F32, M, d), tensor_1d(with_dw ? dw1 : NULL, DT_F32, d), tg,
+                                        tx, tw, tr, acc, ops_none(DT_BF16));
+                cpu()->convert(tensor_2d(conv, DT_BF16, M, d), tensor_2d(ref, DT_F32, M, d));
+                cpu()->rmsnorm_backward(tensor_2d(got, DT_F32, M, d), tensor_1d(with_dw ? dw2 : NULL, DT_F32, d), tg,
+                                        tx, tw, tr, acc, tensor_2d(lp, DT_BF16, M, d));
+                ASSERT_MSG(memcmp(got, ref, sizeof(float) * n) == 0, "dinp changed by dinp_lowp (%dx%d acc %d)", M, d,
+                           acc);
+                ASSERT_MSG(memcmp(lp, conv, 2 * (size_t)n) == 0, "dinp_lowp is not convert(dinp) (%dx%d acc %d)", M,
+                           d, acc);
+                ASSERT(memcmp(dw1, dw2, sizeof(float) * d) == 0);
+                free(ref), free(got), free(dw1), free(dw2), free(lp), free(conv);
+            }
+        free(x), free(w), free(g), free(dx0), free(y), free(rstd);
+    }
+}
+
+// Hand-derived rounding: with dout = 0 the accumulating backward adds exactly 0, so dinp keeps its values and
+// dinp_lowp is their BF16: 1 + 2^-8 ties to the even 0x3F80, 1 + 3 * 2^-8 to the even 0x3F82, 1 + 2^-8 + 2^-20
+// rounds up to 0x3F81, -2.5 is 0xC020.
+TEST(ops_rmsnorm_backward_lowp_rounds_to_nearest_even) {
+    float dx[4] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -2.5f};
+    float x[4] = {0.5f, -1.0f, 2.0f, 0.25f}, w[2] = {1.0f, 3.0f}, g[4] = {0}, rstd[2] = {1.5f, 0.75f};
+    const float keep[4] = {dx[0], dx[1], dx[2], dx[3]};
+    const uint16_t want[4] = {0x3F80, 0x3F82, 0x3F81, 0xC020};
+    uint16_t lp[4] = {0};
+    cpu()->rmsnorm_backward(tensor_2d(dx, DT_F32, 2, 2), ops_none(DT_F32), tensor_2d(g, DT_F32, 2, 2),
+                            tensor_2d(x, DT_F32, 2, 2), tensor_1d(w, DT_F32, 2), tensor_1d(rstd, DT_F32, 2), 1,
+                            tensor_2d(lp, DT_BF16, 2, 2));
+    for (int i = 0; i < 4; i++) {
+        ASSERT_MSG(dx[i] == keep[i], "dinp[%d] changed: %.9g", i, (double)dx[i]);
+        ASSERT_MSG(lp[i] == want[i], "dinp_lowp[%d]: 0x%04X, expected 0x%04X", i, lp[i], want[i]);
+    }
+}
+
+static float nb_x[2 * 4], nb_g[2 * 4], nb_dx[2 * 4], nb_w[4], nb_r[2];
+static uint16_t nb_lp[2 * 5];
+static void norm_bwd_lowp(Tensor dinp, Tensor lowp) {
+    cpu()->rmsnorm_backward(dinp, ops_none(DT_F32), tensor_2d(nb_g, DT_F32, 2, 4), tensor_2d(nb_x, DT_F32, 2, 4),
+                            tensor_1d(nb_w, DT_F32, 4), tensor_1d(nb_r, DT_F32, 2), 0, lowp);
+}
+static void die_lowp_f32(void *u) {
+    (void)u;
+    norm_bwd_lowp(tensor_2d(nb_dx, DT_F32, 2, 4), tensor_2d(nb_lp, DT_F32, 2, 4));
+}
+static void die_lowp_size(void *u) {
+    (void)u;
+    norm_bwd_lowp(tensor_2d(nb_dx, DT_F32, 2, 4), tensor_2d(nb_lp, DT_BF16, 2, 5));
+}
+static void die_lowp_no_dinp(void *u) {
+    (void)u;
+    norm_bwd_lowp(tensor_2d(NULL, DT_F32, 2, 4), tensor_2d(nb_lp, DT_BF16, 2, 4));
+}
+static void die_lowp_aliases_dinp(void *u) {
+    (void)u;
+    norm_bwd_lowp(tensor_2d(nb_dx, DT_F32, 2, 4), tensor_2d(nb_dx, DT_BF16, 2, 4));
+}
+static void die_lowp_overlaps_dinp(void *u) {
+    (void)u;
+    norm_bwd_lowp(tensor_2d(nb_dx, DT_F32, 2, 4), tensor_2d(nb_dx + 3, DT_BF16, 2, 4));
+}
+
+TEST(ops_rmsnorm_backward_lowp_bad_inputs_die) {
+    EXPECT_DIE(die_lowp_f32, NULL, "rmsnorm_backward: dinp_lowp (2, 4) is f32, expected bf16");
+    EXPECT_DIE(die_lowp_size, NULL, "rmsnorm_backward: dinp_lowp (2, 5) and dinp (2, 4) disagree on size (10 vs 8)");
+    EXPECT_DIE(die_lowp_no_dinp, NULL, "rmsnorm_backward: dinp_lowp is given but dinp is not");
+    EXPECT_DIE(die_lowp_aliases_dinp, NULL, "rmsnorm_backward: dinp_lowp (2, 4) is dinp (2, 4)'s memory");
+    EXPECT_DIE(die_lowp_overlaps_dinp, NULL,
+               "rmsnorm_backward: dinp_lowp (2, 4) and dinp (2, 4) overlap without being the same tensor");
 }

@@ -271,13 +271,14 @@ static const char *const small_sets[] = {"model.dim=32", "train.seq_len=32", "tr
 enum { N_SMALL = 8 };
 
 typedef struct { const char *op; double calls, flops; } Expect;   // flops < 0: not checked
-enum { MAX_EXPECT = 40 };
+enum { MAX_EXPECT = 48 };
 
 // Per optimizer step, from the config alone. The counts come from reading the graph (model/*.c): per micro-batch,
 // each of the Lb = n_layers + mtp_depth blocks runs MLA and a dense or MoE FFN forward, and with train.recompute
 // the norms, query / kv_b projections, RoPE on q, kv assembly and SwiGLUs again in backward; the main head and
-// each MTP head run norm -> lm_head -> cross-entropy with the head's backward inline.
-static int expect_step(const Config *c, Expect *e) {
+// each MTP head run norm -> lm_head -> cross-entropy with the head's backward inline. fuse: DSV3_RESID_FUSE=1 (the
+// residual adds in o_proj's and the FFN's down GEMMs), else 0 (copies of the stream and accumulating GEMMs).
+static int expect_step(const Config *c, int fuse, Expect *e) {
     const ModelConfig *mc = &c->model;
     const TrainConfig *tc = &c->train;
     const double B = tc->micro_batch, T = tc->seq_len, N = B * T, d = mc->dim, H = mc->n_heads, V = mc->vocab_size;
@@ -302,6 +303,9 @@ static int expect_step(const Config *c, Expect *e) {
     double fwd = Lb * attn + n_dense * ffn + n_moe * moe + (1 + D) * head + D * eh;   // products with a backward
     double recomputed = rec * Lb * (q_proj + 2 * N * H * (nope + dv) * kvlr);         // q and kv_b again
     double gemm_n = Lb * attn_n + n_dense * 3 + n_moe * moe_n + (1 + D) + D;
+    // The GEMMs that add the residual: o_proj in every block, the down projection of the dense FFN / shared expert.
+    double resid_n = Lb + n_dense + n_moe * sh, resid = Lb * 2 * N * d * H * dv + n_dense * 2 * N * I * d
+                   + n_moe * sh * 2 * N * S * d;
     double grouped = n_moe * 3 * 2 * (N * K) * mi * d;                                 // N*K rows, 3 projections
     double half = T * T / 2;
     double norms = Lb * (3 + ql) + (1 + D) + 2 * D;   // input, q_a, kv_a, post; heads; enorm + hnorm
@@ -310,7 +314,8 @@ static int expect_step(const Config *c, Expect *e) {
     int n = 0;
 #define PER_MICRO(name, calls, flops) e[n++] = (Expect){name, micro * (calls), (flops) < 0 ? -1 : micro * (flops)}
 #define PER_STEP(name, calls) e[n++] = (Expect){name, calls, -1}
-    PER_MICRO("matmul_forward", gemm_n + rec * 2 * Lb, fwd + recomputed);
+    PER_MICRO("matmul_forward", gemm_n + rec * 2 * Lb - fuse * resid_n, fwd + recomputed - fuse * resid);
+    PER_MICRO("matmul_forward_residual", fuse * resid_n, fuse * resid);
     PER_MICRO("matmul_backward", gemm_n, 2 * fwd);   // every backward computes both dinp and dw
     PER_MICRO("grouped_matmul_forward", n_moe, grouped / 3);        // down; gate and up in the fused op below
     PER_MICRO("grouped_swiglu_forward", n_moe, 2 * grouped / 3);
@@ -329,7 +334,8 @@ static int expect_step(const Config *c, Expect *e) {
     PER_MICRO("rope_apply", Lb * (4 + rec), -1);
     PER_MICRO("mla_kv_assemble", Lb * (1 + rec), -1);
     PER_MICRO("mla_kv_assemble_backward", Lb, -1);
-    PER_MICRO("copy", 2 * Lb, -1);   // residual x_mid and x_out start as copies
+    // Unfused, x_mid and x_out start as copies of the stream; fused, only a MoE block without shared experts copies.
+    PER_MICRO("copy", fuse ? n_moe * (1 - sh) : 2 * Lb, -1);
     PER_MICRO("embedding_forward", 1 + D, -1);
     PER_MICRO("embedding_backward", 1 + D, -1);
     PER_MICRO("cross_entropy_forward_backward", 1 + D, -1);
@@ -368,15 +374,16 @@ static int expect_step(const Config *c, Expect *e) {
     return n;
 }
 
-// Runs build/train with the small sets plus `extra` (k=v overrides) in run dir `run`. One thread: at this size
-// threads buy nothing, and on a loaded 2-core machine OpenMP barriers can stall a run for seconds.
-static int run_train(const char *run, const char *const *extra, int n_extra, char **out) {
+// Runs build/train with the small sets plus `extra` (k=v overrides) in run dir `run`, DSV3_RESID_FUSE=fuse ("": the
+// default). One thread: at this size threads buy nothing, and on a loaded 2-core machine OpenMP barriers can stall a
+// run for seconds.
+static int run_train(const char *run, const char *fuse, const char *const *extra, int n_extra, char **out) {
     char cmd[8192];
     size_t len = 0;
 #define APPEND(...) do { int n_ = snprintf(cmd + len, sizeof cmd - len, __VA_ARGS__); \
         ASSERT(n_ >= 0 && (size_t)n_ < sizeof cmd - len); len += (size_t)n_; } while (0)
-    APPEND("OMP_NUM_THREADS=1 %s %s --resume none --set 'data.train=%s' --set 'data.val=%s' --set log.run_dir=%s",
-           test_bin("train"), test_path("configs/tiny.yaml"), test_path("data/corpus/train-*.h5"),
+    APPEND("DSV3_RESID_FUSE=%s OMP_NUM_THREADS=1 %s %s --resume none --set 'data.train=%s' --set 'data.val=%s' "
+           "--set log.run_dir=%s", fuse, test_bin("train"), test_path("configs/tiny.yaml"), test_path("data/corpus/train-*.h5"),
            test_path("data/corpus/val-*.h5"), run);
     for (int i = 0; i < N_SMALL; i++) APPEND(" --set %s", small_sets[i]);
     for (int i = 0; i < n_extra; i++) APPEND(" --set %s", extra[i]);
@@ -384,10 +391,10 @@ static int run_train(const char *run, const char *const *extra, int n_extra, cha
     return test_run(cmd, out);
 }
 
-static void check_profiled_run(const char *const *extra, int n_extra) {
+static void check_profiled_run(int fuse, const char *const *extra, int n_extra) {
     char run[PATH_MAX], path[PATH_MAX + 16], *out;
     snprintf(run, sizeof run, "%s/run", test_tmpdir());
-    ASSERT_EQ_INT(run_train(run, extra, n_extra, &out), 0);
+    ASSERT_EQ_INT(run_train(run, fuse ? "1" : "0", extra, n_extra, &out), 0);
     ASSERT_CONTAINS(out, "profile (cpu backend): 2 step(s) after warm-up");
     ASSERT_CONTAINS(out, "\nfamily ");
     ASSERT_CONTAINS(out, "profile: wrote ");
@@ -399,7 +406,7 @@ static void check_profiled_run(const char *const *extra, int n_extra) {
     Config cfg;
     config_load(&cfg, test_path("configs/tiny.yaml"), N_SMALL + n_extra, sets);
     Expect e[MAX_EXPECT];
-    int n = expect_step(&cfg, e);
+    int n = expect_step(&cfg, fuse, e);
     const double steps = (double)cfg.train.max_steps - 1;   // the first step is warm-up
 
     snprintf(path, sizeof path, "%s/profile.json", run);
@@ -423,20 +430,21 @@ static void check_profiled_run(const char *const *extra, int n_extra) {
 }
 
 TEST(profile_trainer_counts_and_flops_match_the_graph) {
-    check_profiled_run((const char *const[]){"log.profile=true", "train.eval_every=0", "checkpoint.every=0"}, 3);
+    check_profiled_run(1, (const char *const[]){"log.profile=true", "train.eval_every=0", "checkpoint.every=0"}, 3);
 }
 
-// The other branches of the graph (plain query projection, no recompute), with an evaluation and a checkpoint
-// after every step: they are kept out of the profile, so the counts are those of the training steps alone.
+// The other branches of the graph (plain query projection, no recompute, the residual adds unfused), with an
+// evaluation and a checkpoint after every step: they are kept out of the profile, so the counts are those of the
+// training steps alone.
 TEST(profile_trainer_counts_without_q_lora_and_recompute_exclude_eval_and_checkpoints) {
-    check_profiled_run((const char *const[]){"log.profile=true", "model.q_lora_rank=0", "train.recompute=false",
-                                             "train.eval_every=1", "train.eval_batches=1", "checkpoint.every=1"}, 6);
+    check_profiled_run(0, (const char *const[]){"log.profile=true", "model.q_lora_rank=0", "train.recompute=false",
+                                                "train.eval_every=1", "train.eval_batches=1", "checkpoint.every=1"}, 6);
 }
 
 TEST(profile_off_by_default_writes_nothing) {
     char run[PATH_MAX], path[PATH_MAX + 16], *out;
     snprintf(run, sizeof run, "%s/run", test_tmpdir());
-    ASSERT_EQ_INT(run_train(run, (const char *const[]){"train.eval_every=0", "checkpoint.every=0"}, 2, &out), 0);
+    ASSERT_EQ_INT(run_train(run, "", (const char *const[]){"train.eval_every=0", "checkpoint.every=0"}, 2, &out), 0);
     snprintf(path, sizeof path, "%s/profile.json", run);
     ASSERT(access(path, F_OK) != 0);
     ASSERT(!strstr(out, "profile ("));

@@ -15,6 +15,7 @@ const Backend backend_cpu = {
     .memory_in_use = cpu_memory_in_use,
 
     .matmul_forward = cpu_matmul_forward,
+    .matmul_forward_residual = cpu_matmul_forward_residual,
     .matmul_backward = cpu_matmul_backward,
     .grouped_matmul_forward = cpu_grouped_matmul_forward,
     .grouped_swiglu_forward = cpu_grouped_swiglu_forward,

@@ -58,3 +58,25 @@ void cpu_expect(const char *op, const char *name, const Tensor *t, int64_t got, 
     die("%s: %s %s has %s = %lld, expected %lld", op, name, cpu_shape_str(t, s), what, (long long)got,
         (long long)want);
 }
+
+void cpu_same_or_disjoint(const char *op, const char *an, const Tensor *a, const char *bn, const Tensor *b) {
+    if (a->data == b->data || tensor_numel(a) == 0 || tensor_numel(b) == 0) return;
+    const uintptr_t a0 = (uintptr_t)a->data, a1 = a0 + (uintptr_t)tensor_numel(a) * dtype_size(a->dtype);
+    const uintptr_t b0 = (uintptr_t)b->data, b1 = b0 + (uintptr_t)tensor_numel(b) * dtype_size(b->dtype);
+    if (a1 <= b0 || b1 <= a0) return;
+    char sa[96], sb[96];
+    die("%s: %s %s and %s %s overlap without being the same tensor", op, an, cpu_shape_str(a, sa), bn,
+        cpu_shape_str(b, sb));
+}
+
+void cpu_need_lowp_copy(const char *op, const char *name, const Tensor *copy, const char *of_name, const Tensor *of,
+                        int64_t n) {
+    if (!of->data) die("%s: %s is given but %s is not (it is %s's BF16 copy)", op, name, of_name, of_name);
+    cpu_need(op, name, copy, DT_BF16, 0);
+    cpu_agree(op, name, copy, tensor_numel(copy), of_name, of, n, "size");
+    char sa[96], sb[96];
+    if (copy->data == of->data)
+        die("%s: %s %s is %s %s's memory (it must be a separate buffer)", op, name, cpu_shape_str(copy, sa), of_name,
+            cpu_shape_str(of, sb));
+    cpu_same_or_disjoint(op, name, copy, of_name, of);
+}

@@ -8,6 +8,7 @@
 #include "train/check.h"
 
 #include <omp.h>
+#include <string.h>
 
 // All three products are one kernel, C (R, Q) (+)= A (R, P) . B (P, Q), with A read through strides (so A may be a
 // transposed view) and B through a row stride and a column stride:
@@ -135,6 +136,25 @@ void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate) {
     cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
     cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
     gemm_nt(out.data, N, inp.data, K, w.data, K, M, N, K, accumulate);
+}
+
+// out = res + inp @ w^T: res copied into out (unless out is res), then the accumulating product, so the bits are
+// those of copy + matmul_forward(accumulate 1).
+void cpu_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w) {
+    const char *op = "matmul_forward_residual";
+    cpu_need(op, "out", &out, DT_F32, 0);
+    cpu_need(op, "res", &res, DT_F32, 0);
+    cpu_need(op, "inp", &inp, DT_F32, 0);
+    cpu_need(op, "w", &w, DT_F32, 2);
+    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
+    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
+    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
+    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
+    cpu_agree(op, "res", &res, cpu_rows(&res), "out", &out, M, "M");
+    cpu_agree(op, "res", &res, cpu_cols(&res), "out", &out, N, "N");
+    cpu_same_or_disjoint(op, "res", &res, "out", &out);
+    if (res.data != out.data && M * N > 0) memcpy(out.data, res.data, (size_t)(M * N) * sizeof(float));
+    gemm_nt(out.data, N, inp.data, K, w.data, K, M, N, K, 1);
 }
 
 void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp) {

@@ -30,8 +30,9 @@ void cpu_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float ep
 }
 
 // With xhat = x * rstd:  dx_j = rstd * (w_j dy_j - xhat_j * mean_i(w_i dy_i xhat_i)),  dw_j += sum_rows dy_j xhat_j.
+// dinp_lowp: each row of dinp, once final, rounded to BF16 by bf16_from_f32 (convert's rounding).
 void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                          int accumulate_dinp) {
+                          int accumulate_dinp, Tensor dinp_lowp) {
     const char *op = "rmsnorm_backward";
     cpu_need(op, "dout", &dout, DT_F32, 0);
     cpu_need(op, "inp", &inp, DT_F32, 0);
@@ -42,10 +43,12 @@ void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tenso
     cpu_agree(op, "dout", &dout, tensor_numel(&dout), "inp", &inp, M * d, "size");
     cpu_expect(op, "rstd", &rstd, tensor_numel(&rstd), M, "size (rows of inp)");
     const float *x = inp.data, *g = dout.data, *wd = w.data, *r = rstd.data;
+    if (dinp_lowp.data) cpu_need_lowp_copy(op, "dinp_lowp", &dinp_lowp, "dinp", &dinp, M * d);
     if (dinp.data) {
         cpu_need(op, "dinp", &dinp, DT_F32, 0);
         cpu_agree(op, "dinp", &dinp, tensor_numel(&dinp), "inp", &inp, M * d, "size");
         float *dx = dinp.data;
+        uint16_t *lp = dinp_lowp.data;
 #pragma omp parallel for schedule(static) if (M * d > CPU_PAR_MIN)
         for (int64_t m = 0; m < M; m++) {
             const float *xm = x + m * d, *gm = g + m * d;
@@ -59,6 +62,8 @@ void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tenso
                 for (int64_t j = 0; j < d; j++) dxm[j] += rs * (wd[j] * gm[j] - xm[j] * c);
             else
                 for (int64_t j = 0; j < d; j++) dxm[j] = rs * (wd[j] * gm[j] - xm[j] * c);
+            if (lp)
+                for (int64_t j = 0; j < d; j++) lp[m * d + j] = bf16_from_f32(dxm[j]);
         }
     }
     if (dw.data) {

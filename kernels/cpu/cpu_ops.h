@@ -24,6 +24,13 @@ void cpu_agree(const char *op, const char *an, const Tensor *a, int64_t av, cons
                int64_t bv, const char *what);
 // Dies with "op: name (shape) has <what> = got, expected want" unless got == want.
 void cpu_expect(const char *op, const char *name, const Tensor *t, int64_t got, int64_t want, const char *what);
+// Dies with "op: a (shape) and b (shape) overlap without being the same tensor" unless a and b are the same memory
+// (same data pointer) or do not overlap: for outputs that may alias an input only exactly (in place).
+void cpu_same_or_disjoint(const char *op, const char *an, const Tensor *a, const char *bn, const Tensor *b);
+// An optional BF16 copy of output `of` (n elements): dies unless of has data, copy is BF16 with n elements, and the
+// two do not overlap.
+void cpu_need_lowp_copy(const char *op, const char *name, const Tensor *copy, const char *of_name, const Tensor *of,
+                        int64_t n);
 // Prints the shape as "(8, 64)" into buf (at least 96 bytes) and returns buf.
 const char *cpu_shape_str(const Tensor *t, char *buf);
 
@@ -39,6 +46,7 @@ void cpu_memory_in_use(size_t *used, size_t *total);
 
 // ---- dense and grouped matmul (cpu_matmul.c) ----
 void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
+void cpu_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w);
 void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cpu_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
@@ -50,7 +58,8 @@ void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor 
 
 // ---- normalization (cpu_norm.c) and elementwise (cpu_elementwise.c) ----
 void cpu_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);
-void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd, int accumulate_dinp);
+void cpu_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd, int accumulate_dinp,
+                          Tensor dinp_lowp);
 void cpu_swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void cpu_swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 void cpu_axpy(Tensor y, Tensor x, float alpha);

@@ -19,6 +19,7 @@ extern "C" const Backend backend_cuda = {
     .memory_in_use = cuda_memory_in_use,
 
     .matmul_forward = cuda_matmul_forward,
+    .matmul_forward_residual = cuda_matmul_forward_residual,
     .matmul_backward = cuda_matmul_backward,
     .grouped_matmul_forward = cuda_grouped_matmul_forward,
     .grouped_swiglu_forward = cuda_grouped_swiglu_forward,

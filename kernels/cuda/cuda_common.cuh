@@ -213,6 +213,7 @@ void cuda_synchronize(void);
 void cuda_memory_in_use(size_t *used, size_t *total);
 
 void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
+void cuda_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w);
 void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
 void cuda_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
@@ -224,7 +225,7 @@ void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor
 
 void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps);
 void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                           int accumulate_dinp);
+                           int accumulate_dinp, Tensor dinp_lowp);
 void cuda_swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void cuda_swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 void cuda_axpy(Tensor y, Tensor x, float alpha);

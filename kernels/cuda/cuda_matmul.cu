@@ -6,6 +6,9 @@
 // Types: F32 tensors use CUBLAS_COMPUTE_32F (true FP32, no TF32); BF16 inputs with FP32 accumulation
 // (CUBLAS_COMPUTE_32F) and an F32 or BF16 output. Both inputs of one product must share a dtype.
 //
+// matmul_forward_residual is the forward with the residual as cuBLASLt's C operand and out as D (C != D, beta 1):
+// one GEMM whose epilogue adds the residual, no copy of it first.
+//
 // Plans (descriptors, layouts and the heuristic's algorithm) are cached per shape/type/alignment. When cuBLASLt's
 // heuristic has no algorithm (odd leading dimensions or misaligned views of BF16 data, say), the product goes
 // through classic cuBLAS cublasGemmEx, which takes any layout, with the same types and FP32 compute.
@@ -36,7 +39,7 @@ typedef struct {
     int transa, transb;
     int64_t m, n, k, lda, ldb, ldc;
     cudaDataType_t ta, tb, tc;
-    uint32_t align_a, align_b, align_c;
+    uint32_t align_a, align_b, align_c, align_d; // C (read, beta != 0) and D (written): one buffer in place
 } PlanKey;
 
 typedef struct {
@@ -96,7 +99,7 @@ static Plan *plan_get(const char *op, const PlanKey *key) {
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
                                                       &key->align_c, sizeof key->align_c));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                      &key->align_c, sizeof key->align_c));
+                                                      &key->align_d, sizeof key->align_d));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     // NOT_SUPPORTED means no algorithm for this configuration: the same as an empty answer.
@@ -112,8 +115,18 @@ static Plan *plan_get(const char *op, const PlanKey *key) {
 
 static cublasHandle_t g_cublas;
 
-// The fallback: cublasGemmEx with FP32 compute (CUBLAS_COMPUTE_32F: no TF32), on the backend stream.
-static void gemmex(const char *op, const PlanKey *k, const void *A, const void *B, void *C, float beta) {
+// D (column-major m x n, leading dimension ldc, type tc) = C: the start of an out-of-place product done in place.
+static void copy_c_to_d(const PlanKey *k, const void *C, void *D) {
+    const size_t es = k->tc == CUDA_R_16BF ? 2 : 4, pitch = (size_t)k->ldc * es;
+    CUDA_CHECK(cudaMemcpy2DAsync(D, pitch, C, pitch, (size_t)k->m * es, (size_t)k->n, cudaMemcpyDeviceToDevice,
+                                 cuda_stream()));
+}
+
+// The fallback: cublasGemmEx with FP32 compute (CUBLAS_COMPUTE_32F: no TF32), on the backend stream. It works in
+// place only, so an out-of-place product (C != D, the residual forward) first copies C into D.
+static void gemmex(const char *op, const PlanKey *k, const void *A, const void *B, const void *C, void *D,
+                   float beta) {
+    if (beta != 0.0f && C != D) copy_c_to_d(k, C, D);
     if (!g_cublas) {
         CUBLAS_CHECK(cublasCreate(&g_cublas));
         CUBLAS_CHECK(cublasSetStream(g_cublas, cuda_stream()));
@@ -124,7 +137,7 @@ static void gemmex(const char *op, const PlanKey *k, const void *A, const void *
     const float alpha = 1.0f;
     CUBLAS_CHECK(cublasGemmEx(g_cublas, k->transa ? CUBLAS_OP_T : CUBLAS_OP_N, k->transb ? CUBLAS_OP_T : CUBLAS_OP_N,
                               (int)k->m, (int)k->n, (int)k->k, &alpha, A, k->ta, (int)k->lda, B, k->tb, (int)k->ldb,
-                              &beta, C, k->tc, (int)k->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                              &beta, D, k->tc, (int)k->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 static int64_t next_pow2(int64_t x) {
@@ -138,7 +151,8 @@ static int64_t next_pow2(int64_t x) {
 // (measured: 60 TFLOP/s for the whole grouped op). So their plans are keyed by the power-of-two bucket of m, n and
 // k: the heuristic answers once for the bucket's upper bound, and each call runs that algorithm on layouts of its
 // exact shape. If cuBLASLt refuses the algorithm for a smaller shape, the product goes through cublasGemmEx.
-static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const void *B, void *C, float beta) {
+static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const void *B, const void *C, void *D,
+                             float beta) {
     // Only dimensions that are no matrix's leading (row) dimension may grow: a stored row count above its ld is
     // invalid. n is a row count only of a transposed B; k is one of a transposed A and of a plain B.
     PlanKey bk = key;
@@ -146,7 +160,7 @@ static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const v
     if (!key.transa && key.transb) bk.k = next_pow2(key.k);
     Plan *p = plan_get(op, &bk);
     if (!p->have_algo) {
-        gemmex(op, &key, A, B, C, beta);
+        gemmex(op, &key, A, B, C, D, beta);
         return;
     }
     cublasLtMatrixLayout_t la, lb, lc;
@@ -158,65 +172,72 @@ static void lt_gemm_bucketed(const char *op, PlanKey key, const void *A, const v
     size_t ws_bytes;
     void *ws = cuda_lt_workspace(&ws_bytes);
     const float alpha = 1.0f;
-    cublasStatus_t st = cublasLtMatmul(cuda_lt_handle(), p->desc, &alpha, A, la, B, lb, &beta, C, lc, C, lc, &p->algo,
+    cublasStatus_t st = cublasLtMatmul(cuda_lt_handle(), p->desc, &alpha, A, la, B, lb, &beta, C, lc, D, lc, &p->algo,
                                        ws, ws_bytes, cuda_stream());
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(la));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lb));
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(lc));
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) gemmex(op, &key, A, B, C, beta);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) gemmex(op, &key, A, B, C, D, beta);
     else CUBLAS_CHECK(st);
 }
 
-// Column-major D (m x n, ldc) = op(A) (m x k) @ op(B) (k x n) + beta * D, with D == C. per_expert: a grouped op's
-// per-expert product, whose row count changes from call to call (plans keyed by buckets, lt_gemm_bucketed).
+// Column-major D (m x n, ldc) = op(A) (m x k) @ op(B) (k x n) + beta * C, beta 0 or 1. C has D's layout and type:
+// D itself (C NULL: in place) or another buffer (the residual forward), which only beta 1 reads. per_expert: a
+// grouped op's per-expert product, whose row count changes from call to call (plans keyed by buckets,
+// lt_gemm_bucketed).
 static void lt_gemm(const char *op, int transa, int transb, int64_t m, int64_t n, int64_t k, const void *A, DType ta,
-                    int64_t lda, const void *B, DType tb, int64_t ldb, void *C, DType tc, int64_t ldc, float beta,
-                    int per_expert) {
+                    int64_t lda, const void *B, DType tb, int64_t ldb, void *D, DType tc, int64_t ldc, const void *C,
+                    float beta, int per_expert) {
     if (m == 0 || n == 0) return;
+    if (!C || beta == 0.0f) C = D;
     cudaStream_t s = cuda_stream();
-    if (k == 0) { // an empty sum: D = beta * D, i.e. zero when overwriting, unchanged when accumulating
-        if (beta == 0.0f) {
-            size_t es = dtype_size(tc);
-            CUDA_CHECK(cudaMemset2DAsync(C, (size_t)ldc * es, 0, (size_t)m * es, (size_t)n, s));
-        }
-        return;
-    }
     PlanKey key;
     memset(&key, 0, sizeof key);
     key.transa = transa, key.transb = transb;
     key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc;
     key.ta = lt_type(ta), key.tb = lt_type(tb), key.tc = lt_type(tc);
-    key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C);
+    key.align_a = ptr_align(A), key.align_b = ptr_align(B), key.align_c = ptr_align(C), key.align_d = ptr_align(D);
+    if (k == 0) { // an empty sum: D = beta * C, i.e. zero when overwriting, C when accumulating
+        if (beta == 0.0f) {
+            size_t es = dtype_size(tc);
+            CUDA_CHECK(cudaMemset2DAsync(D, (size_t)ldc * es, 0, (size_t)m * es, (size_t)n, s));
+        } else if (C != D) {
+            copy_c_to_d(&key, C, D);
+        }
+        return;
+    }
     if (per_expert) {
-        lt_gemm_bucketed(op, key, A, B, C, beta);
+        lt_gemm_bucketed(op, key, A, B, C, D, beta);
         return;
     }
     Plan *p = plan_get(op, &key);
     if (!p->have_algo) {
-        gemmex(op, &key, A, B, C, beta);
+        gemmex(op, &key, A, B, C, D, beta);
         return;
     }
     size_t ws_bytes;
     void *ws = cuda_lt_workspace(&ws_bytes);
     const float alpha = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(cuda_lt_handle(), p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc,
+    // C and D share the layout p->lc (one shape, type and leading dimension); only the pointers may differ.
+    CUBLAS_CHECK(cublasLtMatmul(cuda_lt_handle(), p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, D, p->lc,
                                 &p->algo, ws, ws_bytes, s));
 }
 
-// out (M, N) [+]= inp (M, K) @ w (N, K)^T  on raw pointers.
-static void mm_forward(const char *op, void *out, DType to, const void *inp, const void *w, DType ti, int64_t M,
-                       int64_t N, int64_t K, float beta, int per_expert) {
-    lt_gemm(op, 1, 0, N, M, K, w, ti, K, inp, ti, K, out, to, N, beta, per_expert);
+// out (M, N) = beta * res + inp (M, K) @ w (N, K)^T  on raw pointers; res: out itself (NULL) or a residual of
+// out's type and shape.
+static void mm_forward(const char *op, void *out, DType to, const void *res, const void *inp, const void *w, DType ti,
+                       int64_t M, int64_t N, int64_t K, float beta, int per_expert) {
+    lt_gemm(op, 1, 0, N, M, K, w, ti, K, inp, ti, K, out, to, N, res, beta, per_expert);
 }
 // dinp (M, K) [+]= dout (M, N) @ w (N, K)
 static void mm_dinp(const char *op, void *dinp, DType to, const void *dout, const void *w, DType ti, int64_t M,
                     int64_t N, int64_t K, float beta, int per_expert) {
-    lt_gemm(op, 0, 0, K, M, N, w, ti, K, dout, ti, N, dinp, to, K, beta, per_expert);
+    lt_gemm(op, 0, 0, K, M, N, w, ti, K, dout, ti, N, dinp, to, K, NULL, beta, per_expert);
 }
 // dw (N, K) += dout (M, N)^T @ inp (M, K)
 static void mm_dw(const char *op, void *dw, DType to, const void *dout, const void *inp, DType ti, int64_t M,
                   int64_t N, int64_t K, int per_expert) {
-    lt_gemm(op, 0, 1, K, N, M, inp, ti, K, dout, ti, N, dw, to, K, 1.0f, per_expert);
+    lt_gemm(op, 0, 1, K, N, M, inp, ti, K, dout, ti, N, dw, to, K, NULL, 1.0f, per_expert);
 }
 
 extern "C" void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate) {
@@ -229,7 +250,27 @@ extern "C" void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumu
     cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
     cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
     cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
-    mm_forward(op, out.data, out.dtype, inp.data, w.data, inp.dtype, M, N, K, accumulate ? 1.0f : 0.0f, 0);
+    mm_forward(op, out.data, out.dtype, NULL, inp.data, w.data, inp.dtype, M, N, K, accumulate ? 1.0f : 0.0f, 0);
+}
+
+// out = res + inp @ w^T: cuBLASLt with C = res and D = out (beta 1), one GEMM. The checks are matmul_forward's plus
+// res against out (one dtype, one shape; out is res itself or does not overlap it).
+extern "C" void cuda_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w) {
+    const char *op = "matmul_forward_residual";
+    cuda_need_float(op, "out", &out, 0);
+    cuda_need_float(op, "res", &res, 0);
+    cuda_need_float(op, "inp", &inp, 0);
+    cuda_need_float(op, "w", &w, 2);
+    cuda_same_dtype(op, "inp", &inp, "w", &w);
+    cuda_same_dtype(op, "res", &res, "out", &out);
+    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
+    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
+    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
+    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
+    cpu_agree(op, "res", &res, cpu_rows(&res), "out", &out, M, "M");
+    cpu_agree(op, "res", &res, cpu_cols(&res), "out", &out, N, "N");
+    cpu_same_or_disjoint(op, "res", &res, "out", &out);
+    mm_forward(op, out.data, out.dtype, res.data, inp.data, w.data, inp.dtype, M, N, K, 1.0f, 0);
 }
 
 extern "C" void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp) {
@@ -313,7 +354,7 @@ static void grouped_forward_loop(const char *op, Tensor out, Tensor inp, Tensor 
     for (int64_t e = 0; e < E; e++) {
         int64_t r0 = offsets_host[e], rows = offsets_host[e + 1] - r0;
         if (rows <= 0) continue;
-        mm_forward(op, (char *)out.data + r0 * N * eo, out.dtype, (const char *)inp.data + r0 * K * ei,
+        mm_forward(op, (char *)out.data + r0 * N * eo, out.dtype, NULL, (const char *)inp.data + r0 * K * ei,
                    (const char *)w.data + e * N * K * ei, inp.dtype, rows, N, K, 0.0f, 1);
     }
 }

@@ -3,7 +3,9 @@
 // own, except that dinp has inp's dtype: the BF16 model normalizes the FP32 residual stream into BF16 outputs, and
 // its backward adds a BF16 output gradient into the FP32 residual gradient. The weight may be F32 or BF16; rstd and
 // dw are F32. The arithmetic follows the cpu op
-// expression by expression; only the order of the row sums differs.
+// expression by expression; only the order of the row sums differs. The backward's optional dinp_lowp (BF16) is
+// written by the same thread right after each dinp element, from the value stored (__float2bfloat16_rn of it:
+// convert's rounding), in both the v1 and v2 kernels.
 #include "kernels/cuda/cuda_common.cuh"
 
 enum { NORM_WARPS = 8 }; // rows per block
@@ -11,7 +13,7 @@ enum { NORM_WARPS = 8 }; // rows per block
 // The v2 forms (DSV3_MEMOPS, end of file), after the checks; false: not selected or not applicable (v1 runs).
 static bool rmsnorm_forward_v2(Tensor out, Tensor rstd, Tensor inp, Tensor w, float eps, int64_t M, int64_t d);
 static bool rmsnorm_backward_v2(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                                int accumulate, int64_t M, int64_t d);
+                                int accumulate, Tensor dinp_lowp, int64_t M, int64_t d);
 
 template <typename TI, typename TO, typename TW>
 __global__ void rmsnorm_fwd_kernel(TO *out, float *rstd, const TI *inp, const TW *w, int64_t M, int d, float eps) {
@@ -32,10 +34,10 @@ __global__ void rmsnorm_fwd_kernel(TO *out, float *rstd, const TI *inp, const TW
     for (int j = lane; j < d; j += 32) y[j] = from_f<TO>(to_f(x[j]) * rs * to_f(w[j]));
 }
 
-// dx_j = rstd * (w_j dy_j - x_j * c), c = rstd^2 / d * sum_i w_i dy_i x_i
+// dx_j = rstd * (w_j dy_j - x_j * c), c = rstd^2 / d * sum_i w_i dy_i x_i;  lowp (unless NULL) = BF16 of dx_j
 template <typename T, typename TG, typename TW>
 __global__ void rmsnorm_bwd_dx_kernel(T *dinp, const TG *dout, const T *inp, const TW *w, const float *rstd, int64_t M,
-                                      int d, int accumulate) {
+                                      int d, int accumulate, bf16 *lowp) {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     if (row >= M) return;
@@ -47,9 +49,12 @@ __global__ void rmsnorm_bwd_dx_kernel(T *dinp, const TG *dout, const T *inp, con
     for (int j = lane; j < d; j += 32) dot += to_f(w[j]) * to_f(g[j]) * to_f(x[j]);
     dot = warp_sum(dot);
     const float c = dot * rs * rs / (float)d;
+    bf16 *lp = lowp ? lowp + row * d : nullptr;
     for (int j = lane; j < d; j += 32) {
         float v = rs * (to_f(w[j]) * to_f(g[j]) - to_f(x[j]) * c);
-        dx[j] = from_f<T>(accumulate ? to_f(dx[j]) + v : v);
+        const T r = from_f<T>(accumulate ? to_f(dx[j]) + v : v);
+        dx[j] = r;
+        if (lp) lp[j] = from_f<bf16>(to_f(r));
     }
 }
 
@@ -99,7 +104,7 @@ extern "C" void cuda_rmsnorm_forward(Tensor out, Tensor rstd, Tensor inp, Tensor
 }
 
 extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                                      int accumulate_dinp) {
+                                      int accumulate_dinp, Tensor dinp_lowp) {
     const char *op = "rmsnorm_backward";
     cuda_need_float(op, "dout", &dout, 0);
     cuda_need_float(op, "inp", &inp, 0);
@@ -118,16 +123,18 @@ extern "C" void cuda_rmsnorm_backward(Tensor dinp, Tensor dw, Tensor dout, Tenso
         cpu_need(op, "dw", &dw, DT_F32, 1);
         cpu_agree(op, "dw", &dw, dw.shape[0], "w", &w, d, "d");
     }
+    if (dinp_lowp.data) cpu_need_lowp_copy(op, "dinp_lowp", &dinp_lowp, "dinp", &dinp, M * d);
     if (M == 0 || d == 0) return;
     if (d > INT32_MAX) die("%s: row length %lld too large", op, (long long)d);
-    if ((dinp.data || dw.data) && rmsnorm_backward_v2(dinp, dw, dout, inp, w, rstd, accumulate_dinp, M, d)) return;
+    if ((dinp.data || dw.data) && rmsnorm_backward_v2(dinp, dw, dout, inp, w, rstd, accumulate_dinp, dinp_lowp, M, d))
+        return;
     cudaStream_t s = cuda_stream();
     if (dinp.data) {
         unsigned grid = (unsigned)((M + NORM_WARPS - 1) / NORM_WARPS);
         DISPATCH_FLOAT(inp.dtype, T, DISPATCH_FLOAT(dout.dtype, TG, DISPATCH_FLOAT(w.dtype, TW, {
             rmsnorm_bwd_dx_kernel<T, TG, TW><<<grid, NORM_WARPS * 32, 0, s>>>(
                 (T *)dinp.data, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
-                (const float *)rstd.data, M, (int)d, accumulate_dinp);
+                (const float *)rstd.data, M, (int)d, accumulate_dinp, (bf16 *)dinp_lowp.data);
         })));
         CUDA_LAUNCH_CHECK("rmsnorm_bwd_dx_kernel");
     }
@@ -189,14 +196,15 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
 }
 
 // Rows [blockIdx.x * rows_per_block, ...) per block, warp w taking rows w, w + 8, ... of them in order:
-//   dinp (unless NULL) as v1: dx = rstd * (w g - x c), c = rstd^2 / d * sum w g x (x and g re-read: cache hits);
+//   dinp (unless NULL) as v1: dx = rstd * (w g - x c), c = rstd^2 / d * sum w g x (x and g re-read: cache hits),
+//   and lowp (unless NULL; needs dinp) the BF16 rounding of the values stored in dinp;
 //   part[block] (unless NULL) = this block's sum over its rows of g x rstd: each warp in row order in registers,
 //   then the 8 warps in order through shared memory. rmsnorm_dw_final_v2_kernel adds the blocks in order:
 //   deterministic, and one pass over dout and inp instead of v1's two.
 template <typename T, typename TG, typename TW, int NU>
 __global__ void __launch_bounds__(NORM_WARPS * 32)
     rmsnorm_bwd_v2_kernel(T *dinp, float *part, const TG *dout, const T *inp, const TW *w, const float *rstd,
-                          int64_t M, int d, int accumulate, int64_t rows_per_block) {
+                          int64_t M, int d, int accumulate, int64_t rows_per_block, bf16 *lowp) {
     __shared__ float red[NORM_WARPS][256];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, units = d / 8;
     const int64_t r0 = (int64_t)blockIdx.x * rows_per_block;
@@ -246,6 +254,9 @@ __global__ void __launch_bounds__(NORM_WARPS * 32)
                         o[e] = accumulate ? o[e] + v : v;
                     }
                     st8(dx, o);
+                    // st8 rounds to T as from_f<T> does, and rounding to BF16 again changes nothing, so the BF16
+                    // of o is the BF16 of what dx now holds, whichever T is.
+                    if (lowp) st8(lowp + row * d + 8 * c, o);
                 }
                 if (part)
 #pragma unroll
@@ -310,9 +321,10 @@ static bool rmsnorm_forward_v2(Tensor out, Tensor rstd, Tensor inp, Tensor w, fl
 }
 
 static bool rmsnorm_backward_v2(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor rstd,
-                                int accumulate, int64_t M, int64_t d) {
+                                int accumulate, Tensor dinp_lowp, int64_t M, int64_t d) {
     const int nu = norm_v2_nu(d);
-    if (!cuda_memops_v2("rmsnorm_backward") || !nu || !cuda_vec8_ok(d, dinp.data, dout.data, inp.data, w.data))
+    if (!cuda_memops_v2("rmsnorm_backward") || !nu ||
+        !cuda_vec8_ok(d, dinp.data, dout.data, inp.data, w.data, dinp_lowp.data))
         return false;
     const int64_t nb = (M + NORM_V2_ROWS - 1) / NORM_V2_ROWS;
     if (nb > INT32_MAX) return false;
@@ -322,11 +334,11 @@ static bool rmsnorm_backward_v2(Tensor dinp, Tensor dw, Tensor dout, Tensor inp,
         if (nu == 2)
             rmsnorm_bwd_v2_kernel<T, TG, TW, 2><<<(unsigned)nb, NORM_WARPS * 32, 0, s>>>(
                 (T *)dinp.data, part, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
-                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS);
+                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS, (bf16 *)dinp_lowp.data);
         else
             rmsnorm_bwd_v2_kernel<T, TG, TW, 8><<<(unsigned)nb, NORM_WARPS * 32, 0, s>>>(
                 (T *)dinp.data, part, (const TG *)dout.data, (const T *)inp.data, (const TW *)w.data,
-                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS);
+                (const float *)rstd.data, M, (int)d, accumulate, NORM_V2_ROWS, (bf16 *)dinp_lowp.data);
     })));
     CUDA_LAUNCH_CHECK("rmsnorm_bwd_v2_kernel");
     if (part) {

@@ -1,5 +1,6 @@
 // Micro-benchmark of the cuda backend's heavy ops at the bench-1gpu shapes (dim 1536, 12 heads, qk head 192, v head
-// 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt, the
+// 128, micro-batch 4 x 4096 tokens): dense GEMMs (forward, dgrad, wgrad) in FP32 and BF16 through cuBLASLt (and the
+// residual forward, matmul_forward_residual, against a copy of the stream and an accumulating GEMM), the
 // grouped (MoE) GEMMs (the one-launch BF16 kernels, mma.sync and wgmma, against the per-expert cuBLASLt loop, with
 // balanced and skewed rows per expert), causal attention forward and backward (milliseconds and TFLOP/s), and the
 // memory-bound ops, each with its v1 and v2 kernels (DSV3_MEMOPS; milliseconds and GB/s). Asserts nothing (timings
@@ -87,6 +88,29 @@ static void bench_gemm(const char *what, int64_t M, int64_t N, int64_t K, DType 
            td * 1e3, fl / td * 1e-12, tw * 1e3, fl / tw * 1e-12);
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data);
+}
+
+// The residual add of a branch's output projection, x_out (M, N) F32 = x_in + inp (M, K) @ w^T (BF16): a copy of
+// the stream then an accumulating GEMM, against matmul_forward_residual (x_in as cuBLASLt's C, one GEMM).
+typedef struct { Tensor out, res, inp, w; } ResCtx;
+static void res_copy_acc(void *c) {
+    ResCtx *r = c;
+    G->copy(r->out.data, r->res.data, (size_t)tensor_numel(&r->out) * sizeof(float));
+    G->matmul_forward(r->out, r->inp, r->w, 1);
+}
+static void res_fused(void *c) { ResCtx *r = c; G->matmul_forward_residual(r->out, r->res, r->inp, r->w); }
+
+static void bench_gemm_residual(const char *what, int64_t M, int64_t N, int64_t K) {
+    ResCtx r;
+    r.inp = tensor_2d(rand_dev(M * K, DT_BF16, 1.0f), DT_BF16, M, K);
+    r.w = tensor_2d(rand_dev(N * K, DT_BF16, 1.0f), DT_BF16, N, K);
+    r.res = tensor_2d(rand_dev(M * N, DT_F32, 1.0f), DT_F32, M, N);
+    r.out = tensor_2d(G->alloc((size_t)(M * N) * 4), DT_F32, M, N);
+    const double fl = 2.0 * M * N * K, t0 = time_it(res_copy_acc, &r), t1 = time_it(res_fused, &r);
+    printf("gemm %-22s bf16 -> f32 + res M %6lld N %6lld K %6lld | copy + acc %7.3f ms %6.1f TFLOP/s | "
+           "matmul_forward_residual %7.3f ms %6.1f | saved %.3f ms\n", what, (long long)M, (long long)N, (long long)K,
+           t0 * 1e3, fl / t0 * 1e-12, t1 * 1e3, fl / t1 * 1e-12, (t0 - t1) * 1e3);
+    G->free(r.inp.data), G->free(r.w.data), G->free(r.res.data), G->free(r.out.data);
 }
 
 typedef struct { Tensor out, inp, w, dinp, dw, dout, off, a, u; int32_t *off_h; } GmmCtx;
@@ -276,7 +300,17 @@ static void swi_bwd(void *c) { MemCtx *m = c; G->swiglu_backward(m->t[3], m->t[4
 static void norm_fwd(void *c) { MemCtx *m = c; G->rmsnorm_forward(m->t[0], m->t[1], m->t[2], m->t[3], 1e-6f); }
 static void norm_bwd(void *c) {
     MemCtx *m = c;
-    G->rmsnorm_backward(m->t[4], m->t[5], m->t[6], m->t[2], m->t[3], m->t[1], m->i[0]);
+    G->rmsnorm_backward(m->t[4], m->t[5], m->t[6], m->t[2], m->t[3], m->t[1], m->i[0], tensor_1d(NULL, DT_BF16, 0));
+}
+// The residual gradient's BF16 view: rmsnorm_backward then convert (t[7] BF16 = dinp), or dinp_lowp in the same op.
+static void norm_bwd_convert(void *c) {
+    MemCtx *m = c;
+    norm_bwd(c);
+    G->convert(m->t[7], m->t[4]);
+}
+static void norm_bwd_lowp(void *c) {
+    MemCtx *m = c;
+    G->rmsnorm_backward(m->t[4], m->t[5], m->t[6], m->t[2], m->t[3], m->t[1], m->i[0], m->t[7]);
 }
 static void rope(void *c) { MemCtx *m = c; G->rope_apply(m->t[0], m->i[0], 64, m->t[1], m->t[2], 4096, 0); }
 static void kv_asm(void *c) { MemCtx *m = c; G->mla_kv_assemble(m->t[0], m->t[1], m->t[2], m->t[3], 128, 64, 128); }
@@ -431,6 +465,13 @@ static void bench_memops(void) {
         snprintf(shape, sizeof shape, "(%lld,%lld) bf16 dout -> %s dinp%s + dw", (long long)N, (long long)w,
                  ti == DT_F32 ? "f32" : "bf16", m.i[0] ? " (acc)" : "");
         mem_row("rmsnorm_backward", shape, (double)N * w * (2 + ei + ei * (m.i[0] ? 2 : 1)) + N * 4.0, norm_bwd, &m);
+        if (wi == 0) { // + the BF16 view of dinp: a convert pass (reads dinp again) or dinp_lowp (one more write)
+            m.t[7] = tensor_2d(G->alloc((size_t)(N * w) * 2), DT_BF16, N, w);
+            const double base = (double)N * w * (2 + ei + ei * (m.i[0] ? 2 : 1)) + N * 4.0;
+            mem_row("rmsnorm_backward+convert", shape, base + (double)N * w * (ei + 2), norm_bwd_convert, &m);
+            mem_row("rmsnorm_backward dinp_lowp", shape, base + (double)N * w * 2, norm_bwd_lowp, &m);
+            G->free(m.t[7].data);
+        }
         for (int i = 0; i < 7; i++) G->free(m.t[i].data);
     }
     // MLA: RoPE on q's rope part and on k_rope; the key/value assembly and its backward
@@ -504,6 +545,8 @@ int main(int argc, char **argv) {
         bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_BF16);
         bench_gemm("wide (1536->8192)", M, 8192, 1536, DT_BF16);
         bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
+        bench_gemm_residual("o_proj (1536->1536)", M, 1536, 1536);
+        bench_gemm_residual("ffn down (512->1536)", M, 1536, 512);
     }
     if (!*only || !strcmp(only, "dense")) {
         // Every dense product of a bench-1gpu step, BF16 (the step's profile names them by shape): q_a and the shared

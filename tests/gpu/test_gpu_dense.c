@@ -9,6 +9,8 @@
 // output adds one rounding (2^-8 relative): rtol 1e-2.
 #include "tests/gpu/gpu_testutil.h"
 
+static const char *dts_mm(DType t) { return t == DT_BF16 ? "bf16" : "f32"; }
+
 TEST(gpu_memory_ops_match_cpu) {
     gt_init(1);
     const int64_t n = 100003;
@@ -91,6 +93,53 @@ TEST(gpu_matmul_accepts_3d_activations) {
     void *dx = gt_dev(x, B * T * K, DT_F32), *dw = gt_dev(w, N * K, DT_F32), *dout = gt_dev_poison(B * T * N, DT_F32);
     G->matmul_forward(tensor_3d(dout, DT_F32, B, T, N), tensor_3d(dx, DT_F32, B, T, K), tensor_2d(dw, DT_F32, N, K), 0);
     GT_CLOSE("matmul 3d", gt_host(dout, B * T * N, DT_F32), want, B * T * N, 1e-5, 1e-6);
+}
+
+// out = res + inp @ w^T (matmul_forward_residual: res is cuBLASLt's C, out its D) against the cpu's copy + accumulate,
+// into a poisoned out with res left as it was; then in place (out == res, i.e. matmul_forward with accumulate 1),
+// which must give the same bits when res is as aligned as out (one plan, one algorithm; only C's pointer differs).
+// res_off: res starts that many elements into its buffer, a C less aligned than D (the plan key has both).
+static void check_matmul_residual(int M, int N, int K, DType dt_in, DType dt_out, int res_off, double rtol,
+                                  double atol_rel) {
+    const int64_t mn = (int64_t)M * N;
+    float *x = ops_rand((int64_t)M * K, 1.0f), *w = ops_rand((int64_t)N * K, 1.0f);
+    float *res = ops_rand(mn + res_off, 2.0f); // res_off leading elements, then the residual
+    if (dt_in == DT_BF16) x = gt_round_bf16(x, (int64_t)M * K), w = gt_round_bf16(w, (int64_t)N * K);
+    if (dt_out == DT_BF16) res = gt_round_bf16(res, mn + res_off);
+    float *want = ops_copy_f(res + res_off, mn);
+    C->matmul_forward(tensor_2d(want, DT_F32, M, N), tensor_2d(x, DT_F32, M, K), tensor_2d(w, DT_F32, N, K), 1);
+    void *dx = gt_dev(x, (int64_t)M * K, dt_in), *dw = gt_dev(w, (int64_t)N * K, dt_in);
+    void *dres_buf = gt_dev(res, mn + res_off, dt_out), *dout = gt_dev_poison(mn, dt_out);
+    void *dres = (char *)dres_buf + (size_t)res_off * dtype_size(dt_out);
+    Tensor tx = tensor_2d(dx, dt_in, M, K), tw = tensor_2d(dw, dt_in, N, K);
+    G->matmul_forward_residual(tensor_2d(dout, dt_out, M, N), tensor_2d(dres, dt_out, M, N), tx, tw);
+    char what[160];
+    snprintf(what, sizeof what, "matmul+res %dx%dx%d %s->%s%s", M, N, K, dts_mm(dt_in), dts_mm(dt_out),
+             res_off ? " res unaligned" : "");
+    float *got = gt_host(dout, mn, dt_out);
+    GT_CLOSE(what, got, want, mn, rtol, atol_rel);
+    GT_EXACT("    res unchanged", gt_host(dres_buf, mn + res_off, dt_out), res, mn + res_off);
+    G->matmul_forward_residual(tensor_2d(dres, dt_out, M, N), tensor_2d(dres, dt_out, M, N), tx, tw);
+    float *inplace = gt_host(dres, mn, dt_out);
+    if (res_off == 0) GT_EXACT("    in place: the same bits", inplace, got, mn);
+    else GT_CLOSE("    in place", inplace, want, mn, rtol, atol_rel);
+    free(x), free(w), free(res), free(want), free(got), free(inplace);
+    G->free(dx), G->free(dw), G->free(dres_buf), G->free(dout);
+}
+
+// M not a multiple of the GEMM tiles (1, 13, 65, 300, 1000, 129), K = 0 (out = res: a copy), odd N (BF16 rows of 33
+// elements: no cuBLASLt algorithm, the cublasGemmEx fallback, which copies res into out first), the model's BF16
+// product into the FP32 stream at the bench width, and a residual view 4 bytes off alignment.
+TEST(gpu_matmul_forward_residual) {
+    gt_init(14);
+    static const int f32[][4] = {{1, 1, 1, 0}, {13, 33, 17, 0}, {65, 70, 131, 1}, {300, 1536, 1536, 0}, {5, 8, 0, 0}};
+    for (size_t s = 0; s < sizeof f32 / sizeof f32[0]; s++)
+        check_matmul_residual(f32[s][0], f32[s][1], f32[s][2], DT_F32, DT_F32, f32[s][3], 1e-5, 1e-5);
+    static const int bf[][4] = {{1000, 1536, 1536, 0}, {1000, 1536, 1536, 1}, {129, 1536, 2048, 0}, {13, 33, 17, 0}};
+    for (size_t s = 0; s < sizeof bf / sizeof bf[0]; s++)
+        check_matmul_residual(bf[s][0], bf[s][1], bf[s][2], DT_BF16, DT_F32, bf[s][3], 1e-5, 1e-5);
+    check_matmul_residual(13, 33, 17, DT_BF16, DT_BF16, 0, 1e-2, 1e-3);
+    check_matmul_residual(65, 72, 136, DT_BF16, DT_BF16, 0, 1e-2, 1e-3);
 }
 
 static void check_matmul_backward(int M, int N, int K, DType dt, double rtol, double atol_rel) {
@@ -206,10 +255,12 @@ static void check_rmsnorm(int M, int d, DType dt, DType dtw, double rtol, double
     for (int acc = 0; acc <= 1; acc++) {
         float *want_dx = ops_copy_f(dx0, n), *want_dw = ops_copy_f(dw0, d);
         C->rmsnorm_backward(tensor_2d(want_dx, DT_F32, M, d), tensor_1d(want_dw, DT_F32, d), tensor_2d(g, DT_F32, M, d),
-                            tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), acc);
+                            tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d),
+                            tensor_1d(rstd, DT_F32, M), acc, ops_none(DT_BF16));
         void *d_dx = acc ? gt_dev(dx0, n, dt) : gt_dev_poison(n, dt), *d_dw = gt_dev(dw0, d, DT_F32);
         G->rmsnorm_backward(tensor_2d(d_dx, dt, M, d), tensor_1d(d_dw, DT_F32, d), tensor_2d(d_g, dt, M, d),
-                            tensor_2d(d_x, dt, M, d), tensor_1d(d_w, dtw, d), tensor_1d(d_r, DT_F32, M), acc);
+                            tensor_2d(d_x, dt, M, d), tensor_1d(d_w, dtw, d),
+                            tensor_1d(d_r, DT_F32, M), acc, ops_none(DT_BF16));
         snprintf(what, sizeof what, "rmsnorm_bwd %dx%d dinp%s", M, d, acc ? " acc" : "");
         // d = 1 cancels to ~1e-6 from O(1) terms: an absolute floor for that FP32 noise.
         GT_CLOSE_ABS(what, gt_host(d_dx, n, dt), want_dx, n, rtol, atol_rel, 1e-6);
@@ -410,7 +461,36 @@ static void bad_shape(void *ctx) {
                        tensor_1d(buf, DT_F32, 7), 1e-6f);
 }
 
+static void residual_dtypes(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    static float buf[64], out[64];
+    g->matmul_forward_residual(tensor_2d(out, DT_F32, 2, 4), tensor_2d(buf, DT_BF16, 2, 4),
+                               tensor_2d(buf, DT_F32, 2, 4), tensor_2d(buf, DT_F32, 4, 4));
+}
+
+static void residual_shape(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    static float buf[64], out[64];
+    g->matmul_forward_residual(tensor_2d(out, DT_F32, 2, 4), tensor_2d(buf, DT_F32, 2, 5),
+                               tensor_2d(buf, DT_F32, 2, 4), tensor_2d(buf, DT_F32, 4, 4));
+}
+
+static void lowp_dtype(void *ctx) {
+    (void)ctx;
+    const Backend *g = backend_get("cuda");
+    static float buf[64], dx[16], lp[16];
+    g->rmsnorm_backward(tensor_2d(dx, DT_F32, 2, 8), ops_none(DT_F32), tensor_2d(buf, DT_F32, 2, 8),
+                        tensor_2d(buf, DT_F32, 2, 8), tensor_1d(buf, DT_F32, 8), tensor_1d(buf, DT_F32, 2), 0,
+                        tensor_2d(lp, DT_F32, 2, 8));
+}
+
 TEST(gpu_ops_reject_bad_dtypes_and_shapes) {
     EXPECT_DIE(mixed_dtypes, NULL, "matmul_forward: inp (2, 4) and w (4, 4) must have the same dtype (f32 vs bf16)");
+    EXPECT_DIE(residual_dtypes, NULL,
+               "matmul_forward_residual: res (2, 4) and out (2, 4) must have the same dtype (bf16 vs f32)");
+    EXPECT_DIE(residual_shape, NULL, "matmul_forward_residual: res (2, 5) and out (2, 4) disagree on N (5 vs 4)");
+    EXPECT_DIE(lowp_dtype, NULL, "rmsnorm_backward: dinp_lowp (2, 8) is f32, expected bf16");
     EXPECT_DIE(bad_shape, NULL, "rmsnorm_forward: inp (2, 8) and w (7) disagree on d (8 vs 7)");
 }

@@ -79,12 +79,13 @@ static void check_norm(int M, int d, DType dt_in, DType dt_out, DType dt_w, DTyp
         float *c_dx = ops_copy_f(dx0, n), *c_dw = ops_copy_f(dw0, d);
         C->rmsnorm_backward(tensor_2d(want_dx ? c_dx : NULL, DT_F32, M, d), tensor_1d(want_dw ? c_dw : NULL, DT_F32, d),
                             tensor_2d(g, DT_F32, M, d), tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d),
-                            tensor_1d(rstd, DT_F32, M), acc);
+                            tensor_1d(rstd, DT_F32, M), acc, ops_none(DT_BF16));
         void *d_dx = want_dx ? (acc ? gt_dev(dx0, n, dt_in) : gt_dev_poison(n, dt_in)) : NULL;
         void *d_dw = want_dw ? gt_dev(dw0, d, DT_F32) : NULL;
         memops("v2");
         G->rmsnorm_backward(tensor_2d(d_dx, dt_in, M, d), tensor_1d(d_dw, DT_F32, d), tensor_2d(d_g, dt_g, M, d),
-                            tensor_2d(d_x, dt_in, M, d), tensor_1d(d_w, dt_w, d), tensor_1d(d_r, DT_F32, M), acc);
+                            tensor_2d(d_x, dt_in, M, d), tensor_1d(d_w, dt_w, d),
+                            tensor_1d(d_r, DT_F32, M), acc, ops_none(DT_BF16));
         memops(NULL);
         if (want_dx) {
             snprintf(what, sizeof what, "    dinp (%s, dout %s)%s%s", dts(dt_in), dts(dt_g), acc ? " acc" : "",
@@ -99,7 +100,7 @@ static void check_norm(int M, int d, DType dt_in, DType dt_out, DType dt_w, DTyp
                 memops("v2");
                 G->rmsnorm_backward(tensor_2d(NULL, dt_in, M, d), tensor_1d(d_dw, DT_F32, d),
                                     tensor_2d(d_g, dt_g, M, d), tensor_2d(d_x, dt_in, M, d), tensor_1d(d_w, dt_w, d),
-                                    tensor_1d(d_r, DT_F32, M), 0);
+                                    tensor_1d(d_r, DT_F32, M), 0, ops_none(DT_BF16));
                 memops(NULL);
                 GT_EXACT("    dw deterministic", gt_host(d_dw, d, DT_F32), got, d);
             }
@@ -127,6 +128,77 @@ TEST(gpu_memops_rmsnorm) {
     // the bench model's residual norms: F32 stream in, BF16 out; backward BF16 dout into the F32 gradient
     check_norm(16384, 1536, DT_F32, DT_BF16, DT_BF16, DT_BF16);
     check_norm(16384, 1536, DT_F32, DT_BF16, DT_F32, DT_BF16);
+}
+
+// rmsnorm_backward's dinp_lowp (the BF16 view of the residual gradient, written by the op that forms it), with each
+// kernel set: the same call without it and then convert give dinp, dw and the BF16 copy bit for bit (the copy is
+// the rounding of what dinp holds, as convert's); dinp against the cpu as in check_norm. lowp_off: dinp_lowp starts
+// that many elements into its buffer (an unaligned view: v2 hands over to v1), and the element before it stays
+// untouched.
+static void check_norm_lowp(int M, int d, DType dt_in, DType dt_g, DType dt_w, int lowp_off) {
+    const int64_t n = (int64_t)M * d;
+    float *x = ops_rand(n, 2.0f), *w = ops_rand(d, 1.0f), *g = ops_rand(n, 1.0f), *dx0 = ops_rand(n, 1.0f);
+    float *dw0 = ops_rand(d, 1.0f);
+    if (dt_in == DT_BF16) x = gt_round_bf16(x, n), dx0 = gt_round_bf16(dx0, n);
+    if (dt_g == DT_BF16) g = gt_round_bf16(g, n);
+    if (dt_w == DT_BF16) w = gt_round_bf16(w, d);
+    float *y = malloc(sizeof(float) * n), *rstd = malloc(sizeof(float) * M);
+    C->rmsnorm_forward(tensor_2d(y, DT_F32, M, d), tensor_1d(rstd, DT_F32, M), tensor_2d(x, DT_F32, M, d),
+                       tensor_1d(w, DT_F32, d), 1e-6f);
+    void *d_x = gt_dev(x, n, dt_in), *d_w = gt_dev(w, d, dt_w), *d_g = gt_dev(g, n, dt_g);
+    void *d_r = gt_dev(rstd, M, DT_F32);
+    Tensor tg = tensor_2d(d_g, dt_g, M, d), tx = tensor_2d(d_x, dt_in, M, d), tw = tensor_1d(d_w, dt_w, d);
+    Tensor tr = tensor_1d(d_r, DT_F32, M);
+    const double rt = dt_in == DT_F32 ? 1e-4 : 1e-2, at = dt_in == DT_F32 ? 1e-5 : 1e-3;
+    static const char *const sets[2] = {"v1", "v2"};
+    char what[160];
+    for (int set = 0; set < 2; set++)
+        for (int acc = 0; acc <= 1; acc++) {
+            float *c_dx = ops_copy_f(dx0, n);
+            C->rmsnorm_backward(tensor_2d(c_dx, DT_F32, M, d), ops_none(DT_F32), tensor_2d(g, DT_F32, M, d),
+                                tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), acc,
+                                ops_none(DT_BF16));
+            void *r_dx = acc ? gt_dev(dx0, n, dt_in) : gt_dev_poison(n, dt_in), *r_dw = gt_dev(dw0, d, DT_F32);
+            void *f_dx = acc ? gt_dev(dx0, n, dt_in) : gt_dev_poison(n, dt_in), *f_dw = gt_dev(dw0, d, DT_F32);
+            void *conv = gt_dev_poison(n, DT_BF16), *lp_buf = gt_dev_poison(n + lowp_off, DT_BF16);
+            void *lp = (uint16_t *)lp_buf + lowp_off;
+            memops(sets[set]);
+            G->rmsnorm_backward(tensor_2d(r_dx, dt_in, M, d), tensor_1d(r_dw, DT_F32, d), tg, tx, tw, tr, acc,
+                                ops_none(DT_BF16));
+            G->convert(tensor_2d(conv, DT_BF16, M, d), tensor_2d(r_dx, dt_in, M, d));
+            G->rmsnorm_backward(tensor_2d(f_dx, dt_in, M, d), tensor_1d(f_dw, DT_F32, d), tg, tx, tw, tr, acc,
+                                tensor_2d(lp, DT_BF16, M, d));
+            memops(NULL);
+            snprintf(what, sizeof what, "%s rmsnorm_bwd %dx%d %s dout %s w %s%s%s: dinp_lowp = convert(dinp)",
+                     sets[set], M, d, dts(dt_in), dts(dt_g), dts(dt_w), acc ? " acc" : "",
+                     lowp_off ? " (unaligned)" : "");
+            float *got_dx = gt_host(f_dx, n, dt_in), *ref_dx = gt_host(r_dx, n, dt_in);
+            float *got_lp = gt_host(lp, n, DT_BF16), *ref_lp = gt_host(conv, n, DT_BF16);
+            GT_EXACT(what, got_lp, ref_lp, n);
+            GT_EXACT("    dinp: the same bits with dinp_lowp", got_dx, ref_dx, n);
+            float *gw = gt_host(f_dw, d, DT_F32), *rw = gt_host(r_dw, d, DT_F32);
+            GT_EXACT("    dw: the same bits with dinp_lowp", gw, rw, d);
+            GT_CLOSE_ABS("    dinp vs cpu", got_dx, c_dx, n, rt, at, 1e-6);
+            if (lowp_off) {
+                float *before = gt_host(lp_buf, 1, DT_BF16);
+                ASSERT_MSG(isnan(before[0]), "the element before dinp_lowp was written (%g)", (double)before[0]);
+                free(before);
+            }
+            free(c_dx), free(got_dx), free(ref_dx), free(got_lp), free(ref_lp), free(gw), free(rw);
+            G->free(r_dx), G->free(r_dw), G->free(f_dx), G->free(f_dw), G->free(conv), G->free(lp_buf);
+        }
+    G->free(d_x), G->free(d_w), G->free(d_g), G->free(d_r);
+    free(x), free(w), free(g), free(dx0), free(dw0), free(y), free(rstd);
+}
+
+TEST(gpu_memops_rmsnorm_backward_lowp) {
+    gt_init(109);
+    check_norm_lowp(16384, 1536, DT_F32, DT_BF16, DT_F32, 0);  // the bench model's residual gradient
+    check_norm_lowp(100, 1536, DT_F32, DT_BF16, DT_F32, 0);    // a partial last block of rows
+    check_norm_lowp(300, 2048, DT_F32, DT_BF16, DT_F32, 1);    // unaligned dinp_lowp: v1 under either set
+    check_norm_lowp(5, 2056, DT_F32, DT_F32, DT_F32, 0);       // wider than v2 takes
+    check_norm_lowp(7, 33, DT_F32, DT_F32, DT_BF16, 0);        // odd width
+    check_norm_lowp(257, 512, DT_BF16, DT_BF16, DT_BF16, 0);   // a BF16 dinp: its copy is itself, bit for bit
 }
 
 // ---- elementwise ----

@@ -45,12 +45,14 @@ TEST(gpu_rmsnorm_f32_stream_bf16_branch) {
     GT_CLOSE("rmsnorm f32 -> bf16 rstd", gt_host(d_r, M, DT_F32), rstd, M, 1e-5, 0);
     float *want_dx = ops_copy_f(dx0, n), *want_dw = calloc((size_t)d, sizeof(float));
     C->rmsnorm_backward(tensor_2d(want_dx, DT_F32, M, d), tensor_1d(want_dw, DT_F32, d), tensor_2d(g, DT_F32, M, d),
-                        tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d), tensor_1d(rstd, DT_F32, M), 1);
+                        tensor_2d(x, DT_F32, M, d), tensor_1d(w, DT_F32, d),
+                        tensor_1d(rstd, DT_F32, M), 1, ops_none(DT_BF16));
     void *d_g = gt_dev(g, n, DT_BF16), *d_dx = gt_dev(dx0, n, DT_F32), *d_dw = gt_dev_poison(d, DT_F32);
     G->zero(d_dw, (size_t)d * 4);
     G->upload(d_r, rstd, sizeof(float) * M);
     G->rmsnorm_backward(tensor_2d(d_dx, DT_F32, M, d), tensor_1d(d_dw, DT_F32, d), tensor_2d(d_g, DT_BF16, M, d),
-                        tensor_2d(d_x, DT_F32, M, d), tensor_1d(d_w, DT_F32, d), tensor_1d(d_r, DT_F32, M), 1);
+                        tensor_2d(d_x, DT_F32, M, d), tensor_1d(d_w, DT_F32, d),
+                        tensor_1d(d_r, DT_F32, M), 1, ops_none(DT_BF16));
     // The inputs are the same values on both sides and the math is FP32: only summation order differs.
     GT_CLOSE("rmsnorm_bwd bf16 dout -> f32 dinp (acc)", gt_host(d_dx, n, DT_F32), want_dx, n, 1e-4, 1e-5);
     GT_CLOSE("rmsnorm_bwd bf16 dout dw", gt_host(d_dw, d, DT_F32), want_dw, d, 1e-4, 1e-5);

@@ -8,6 +8,7 @@
 // they average N tokens.
 #include "tests/gpu/gpu_testutil.h"
 #include "tests/test_model_util.h"
+#include "kernels/profile.h"
 #include "train/config.h"
 #include "train/optim.h"
 
@@ -150,6 +151,69 @@ TEST(gpu_step_bf16_matches_cpu_fp32) {
     model_free(mc);
     model_free(mg);
     model_free(mf);
+}
+
+// The residual-stream fusions of model/residual.c change no bit of the BF16 model: two micro-batches of the tiny
+// config (free routing) under DSV3_RESID_FUSE=0 (a copy of the stream before each branch's accumulating GEMM, and a
+// convert pass for each BF16 view of the residual gradient), =lowp (the views written by the rmsnorm_backward that
+// forms each gradient) and =1 (also the residual adds in o_proj's and the down projections' GEMMs) give the same
+// losses and gradients. The profiler shows the fusions at work: with lowp the only converts left are the weights'
+// BF16 copy (once) and each MoE layer's router gradient; with 1 the stream is never copied (the tiny model's MoE
+// layers have a shared expert).
+TEST(gpu_step_resid_fusion_same_bits) {
+    gt_init(72);
+    const Backend *P = profile_wrap(G);
+    Config c = tiny_config(1);
+    const int B = c.train.micro_batch, T = c.train.seq_len;
+    const ModelConfig *mc = &c.model;
+    ASSERT(mc->n_shared_experts > 0);
+    const int64_t Lb = mc->n_layers + mc->mtp_depth, n_moe = Lb - mc->n_dense_layers, D = mc->mtp_depth;
+    int32_t *tok[2] = {tm_tokens(&c, B, T, 31), tm_tokens(&c, B, T, 32)};
+    static const char *const modes[3] = {"0", "lowp", "1"};
+    MicroLosses l[3][2];
+    float *grads[3];
+    int64_t converts[3], copies[3], resid[3];
+    Model *ms[3];
+    for (int k = 0; k < 3; k++) {
+        ASSERT(setenv("DSV3_RESID_FUSE", modes[k], 1) == 0);
+        Model *m = ms[k] = model_create(&c, P, params_full_stage(&c.model), B, T);
+        ASSERT(unsetenv("DSV3_RESID_FUSE") == 0);
+        model_init(m, 5);
+        set_biases(m, 900);
+        profile_reset();
+        for (int r = 0; r < 2; r++) model_step(m, tok[r], 1.0f, 0.3f, (float)c.train.balance_alpha, &l[k][r]);
+        converts[k] = profile_get("convert").calls;
+        copies[k] = profile_get("copy").calls;
+        resid[k] = profile_get("matmul_forward_residual").calls;
+        grads[k] = download_all(G, model_grad_data(m), model_params(m)->total);
+    }
+    printf("    per 2 micro-batches: convert %lld / %lld / %lld, copy %lld / %lld / %lld, residual GEMMs %lld / %lld / "
+           "%lld (DSV3_RESID_FUSE 0 / lowp / 1); lm loss %.6f\n", (long long)converts[0], (long long)converts[1],
+           (long long)converts[2], (long long)copies[0], (long long)copies[1], (long long)copies[2],
+           (long long)resid[0], (long long)resid[1], (long long)resid[2], l[0][1].lm_loss);
+    for (int k = 1; k < 3; k++)
+        for (int r = 0; r < 2; r++)
+            ASSERT_MSG(memcmp(&l[k][r], &l[0][r], sizeof l[0][r]) == 0, "DSV3_RESID_FUSE=%s: micro-batch %d's losses "
+                       "differ (lm %.9g vs %.9g)", modes[k], r, l[k][r].lm_loss, l[0][r].lm_loss);
+    const ParamTable *t = model_params(ms[0]);
+    for (int k = 1; k < 3; k++)
+        for (int i = 0; i < t->n; i++) {
+            const ParamInfo *p = &t->params[i];
+            ASSERT_MSG(memcmp(grads[k] + p->offset, grads[0] + p->offset, (size_t)p->numel * sizeof(float)) == 0,
+                       "DSV3_RESID_FUSE=%s: the gradient of %s differs from DSV3_RESID_FUSE=0's", modes[k], p->name);
+        }
+    // Per micro-batch, unfused: a convert at the start of each block's backward and at o_proj's, one for each MTP
+    // depth's eh_proj, one for each MoE router; the weights' BF16 copy once (the first forward).
+    ASSERT_EQ_INT(converts[0], 1 + 2 * (2 * Lb + D + n_moe));
+    ASSERT_EQ_INT(converts[1], 1 + 2 * n_moe);
+    ASSERT_EQ_INT(converts[2], 1 + 2 * n_moe);
+    ASSERT_EQ_INT(copies[0], 2 * 2 * Lb);
+    ASSERT_EQ_INT(copies[1], 2 * 2 * Lb);
+    ASSERT_EQ_INT(copies[2], 0);
+    ASSERT_EQ_INT(resid[0], 0);
+    ASSERT_EQ_INT(resid[2], 2 * 2 * Lb);   // o_proj and the dense or shared down projection of every block
+    for (int k = 0; k < 3; k++) free(grads[k]), model_free(ms[k]);
+    free(tok[0]), free(tok[1]);
 }
 
 // The per-step "loss" of a run's metrics.jsonl: n values.
