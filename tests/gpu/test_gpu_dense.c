@@ -97,7 +97,8 @@ TEST(gpu_matmul_accepts_3d_activations) {
 
 // out = res + inp @ w^T (matmul_forward_residual: res is cuBLASLt's C, out its D) against the cpu's copy + accumulate,
 // into a poisoned out with res left as it was; then in place (out == res, i.e. matmul_forward with accumulate 1),
-// which must give the same bits when res is as aligned as out (one plan, one algorithm; only C's pointer differs).
+// which must give the same bits for F32 outputs when res is as aligned as out (one plan, one algorithm; only C's
+// pointer differs).
 // res_off: res starts that many elements into its buffer, a C less aligned than D (the plan key has both).
 static void check_matmul_residual(int M, int N, int K, DType dt_in, DType dt_out, int res_off, double rtol,
                                   double atol_rel) {
@@ -121,7 +122,9 @@ static void check_matmul_residual(int M, int N, int K, DType dt_in, DType dt_out
     GT_EXACT("    res unchanged", gt_host(dres_buf, mn + res_off, dt_out), res, mn + res_off);
     G->matmul_forward_residual(tensor_2d(dres, dt_out, M, N), tensor_2d(dres, dt_out, M, N), tx, tw);
     float *inplace = gt_host(dres, mn, dt_out);
-    if (res_off == 0) GT_EXACT("    in place: the same bits", inplace, got, mn);
+    // F32 outputs (the model's residual stream): the same bits. BF16 outputs: cuBLASLt ran another kernel in place
+    // on the H100 (1-ulp differences seen, 2026-11-23), so only the tolerance holds there.
+    if (res_off == 0 && dt_out == DT_F32) GT_EXACT("    in place: the same bits", inplace, got, mn);
     else GT_CLOSE("    in place", inplace, want, mn, rtol, atol_rel);
     free(x), free(w), free(res), free(want), free(got), free(inplace);
     G->free(dx), G->free(dw), G->free(dres_buf), G->free(dout);

@@ -165,9 +165,10 @@ static void check_norm_lowp(int M, int d, DType dt_in, DType dt_g, DType dt_w, i
             memops(sets[set]);
             G->rmsnorm_backward(tensor_2d(r_dx, dt_in, M, d), tensor_1d(r_dw, DT_F32, d), tg, tx, tw, tr, acc,
                                 ops_none(DT_BF16));
-            G->convert(tensor_2d(conv, DT_BF16, M, d), tensor_2d(r_dx, dt_in, M, d));
             G->rmsnorm_backward(tensor_2d(f_dx, dt_in, M, d), tensor_1d(f_dw, DT_F32, d), tg, tx, tw, tr, acc,
                                 tensor_2d(lp, DT_BF16, M, d));
+            // the contract: dinp_lowp is the BF16 of what this call left in dinp
+            G->convert(tensor_2d(conv, DT_BF16, M, d), tensor_2d(f_dx, dt_in, M, d));
             memops(NULL);
             snprintf(what, sizeof what, "%s rmsnorm_bwd %dx%d %s dout %s w %s%s%s: dinp_lowp = convert(dinp)",
                      sets[set], M, d, dts(dt_in), dts(dt_g), dts(dt_w), acc ? " acc" : "",
@@ -175,9 +176,13 @@ static void check_norm_lowp(int M, int d, DType dt_in, DType dt_g, DType dt_w, i
             float *got_dx = gt_host(f_dx, n, dt_in), *ref_dx = gt_host(r_dx, n, dt_in);
             float *got_lp = gt_host(lp, n, DT_BF16), *ref_lp = gt_host(conv, n, DT_BF16);
             GT_EXACT(what, got_lp, ref_lp, n);
-            GT_EXACT("    dinp: the same bits with dinp_lowp", got_dx, ref_dx, n);
+            // The same kernel with and without the copy: the same dinp and dw bits. A misaligned copy sends the v2
+            // set to the v1 kernels (another row-sum order), so there only the tolerance to the cpu holds.
             float *gw = gt_host(f_dw, d, DT_F32), *rw = gt_host(r_dw, d, DT_F32);
-            GT_EXACT("    dw: the same bits with dinp_lowp", gw, rw, d);
+            if (!lowp_off || !strcmp(sets[set], "v1")) {
+                GT_EXACT("    dinp: the same bits with dinp_lowp", got_dx, ref_dx, n);
+                GT_EXACT("    dw: the same bits with dinp_lowp", gw, rw, d);
+            }
             GT_CLOSE_ABS("    dinp vs cpu", got_dx, c_dx, n, rt, at, 1e-6);
             if (lowp_off) {
                 float *before = gt_host(lp_buf, 1, DT_BF16);
