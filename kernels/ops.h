@@ -84,11 +84,6 @@ typedef struct Backend {
     // out (R, N) = inp (R, K) @ w[e] (E, N, K)^T per segment; offsets (E + 1) I32. offsets_host: a host copy of the
     // same values, or NULL (a backend whose kernel needs the table on the host then fetches it, and waits for it).
     void (*grouped_matmul_forward)(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
-    // g, u (R, I) = inp (R, K) @ wg[e] (E, I, K)^T and inp @ wu[e]^T per segment, and a (R, I) = silu(g) * u as
-    // swiglu_forward computes it from the stored g and u (bit for bit): the MoE experts' gate and up projections and
-    // their SwiGLU. Rows outside every segment are not touched. The cuda backend runs BF16 ones as one launch.
-    void (*grouped_swiglu_forward)(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
-                                   const int32_t *offsets_host);
     // dinp (R, K) [+]= dout @ w[e] (accumulate_dinp: add onto dinp, else overwrite; rows outside every segment are
     // not touched); dw (E, N, K) += dout_seg^T @ inp_seg. Either skipped when its data is NULL.
     void (*grouped_matmul_backward)(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,

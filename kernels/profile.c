@@ -35,7 +35,7 @@ enum { WORK_NONE = 0, WORK_FLOPS = 1, WORK_BYTES = 2 };
     X(matmul_forward, FAM_GEMM, WORK_FLOPS) X(matmul_forward_residual, FAM_GEMM, WORK_FLOPS)                         \
     X(matmul_backward, FAM_GEMM, WORK_FLOPS)                                                                         \
     X(grouped_matmul_forward, FAM_GROUPED_GEMM, WORK_FLOPS) X(grouped_matmul_backward, FAM_GROUPED_GEMM, WORK_FLOPS) \
-    X(grouped_swiglu_forward, FAM_GROUPED_GEMM, WORK_FLOPS) X(grouped_matmul_dinp_pair, FAM_GROUPED_GEMM, WORK_FLOPS) \
+    X(grouped_matmul_dinp_pair, FAM_GROUPED_GEMM, WORK_FLOPS)                                                        \
     X(rmsnorm_forward, FAM_NORM, WORK_NONE) X(rmsnorm_backward, FAM_NORM, WORK_NONE)                                 \
     X(swiglu_forward, FAM_ELEMENTWISE, WORK_NONE) X(swiglu_backward, FAM_ELEMENTWISE, WORK_NONE)                     \
     X(axpy, FAM_ELEMENTWISE, WORK_NONE) X(copy_cols, FAM_ELEMENTWISE, WORK_NONE)                                     \
@@ -118,7 +118,6 @@ static double prof_end(int op, double t0, double flops, double bytes) {
 }
 
 static const char *shape_products(const ShapeRow *r) {
-    if (r->op == OP_grouped_swiglu_forward) return "fwd glu";
     if (r->op == OP_grouped_matmul_dinp_pair) return "dinp pair";
     if (r->op == OP_matmul_forward || r->op == OP_matmul_forward_residual || r->op == OP_grouped_matmul_forward)
         return "fwd";
@@ -253,14 +252,6 @@ static void profiled_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout
     PROF_GEMM(grouped_matmul_backward, grouped_rows(w, one), w.shape[1], w.shape[2], w.shape[0],
               (dinp.data != NULL) | (dw.data != NULL) << 1, ((dinp.data != NULL) + (dw.data != NULL)) * one,
               g_inner->grouped_matmul_backward(dinp, dw, dout, inp, w, off, off_h, acc));
-}
-
-// Two products (gate, up), each 2 R I K; the shape row's products: "fwd glu".
-static void profiled_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor off,
-                                            const int32_t *off_h) {
-    const double one = grouped_flops(wg, off, off_h);
-    PROF_GEMM(grouped_swiglu_forward, grouped_rows(wg, one), wg.shape[1], wg.shape[2], wg.shape[0], 1, 2 * one,
-              g_inner->grouped_swiglu_forward(a, g, u, inp, wg, wu, off, off_h));
 }
 
 // Two products (one per weight), each 2 R N K; the shape row's products: "dinp pair".

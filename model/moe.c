@@ -65,10 +65,12 @@ static void moe_dispatch(Model *m, Layer *L, Tensor counts) {
     be->moe_gather(L->xs, L->h2, L->order, m->mc.n_activated_experts);
 }
 
-// ey (N*K, d) = down_e(silu(gate_e(xs)) * up_e(xs)) for each row's expert e; eg, eu and ea kept for backward.
+// ey (N*K, d) = down_e(silu(gate_e(xs)) * up_e(xs)) for each row's expert e.
 static void moe_experts_forward(Model *m, Layer *L) {
     const Backend *be = m->be;
-    be->grouped_swiglu_forward(L->ea, L->eg, L->eu, L->xs, L->exp_gate.w, L->exp_up.w, L->offsets, NULL);
+    be->grouped_matmul_forward(L->eg, L->xs, L->exp_gate.w, L->offsets, NULL);
+    be->grouped_matmul_forward(L->eu, L->xs, L->exp_up.w, L->offsets, NULL);
+    be->swiglu_forward(L->ea, L->eg, L->eu);
     be->grouped_matmul_forward(L->ey, L->ea, L->exp_down.w, L->offsets, NULL);
 }
 

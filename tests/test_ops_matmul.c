@@ -4,9 +4,7 @@
 #include "tests/ops_testutil.h"
 #include "tests/test.h"
 
-#include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 
 static const Backend *cpu(void) { return backend_get("cpu"); }
 
@@ -219,34 +217,6 @@ TEST(ops_grouped_matmul_dinp_pair) {
                                     tensor_3d(w, DT_F32, 2, 2, 2), tensor_2d(dout_b, DT_F32, 4, 2),
                                     tensor_3d(wb, DT_F32, 2, 2, 2), tensor_1d(off, DT_I32, 3), off);
     for (int i = 0; i < 8; i++) ASSERT_NEAR(dinp[i], want[i], 0, 0);
-}
-
-// grouped_swiglu_forward against double loops: E 3, segments [0, 2) [2, 2) [2, 5) of R 6 (row 5 in no segment),
-// I 4, K 3: g = x wg[e]^T, u = x wu[e]^T, a = g sigmoid(g) u; row 5 of a, g and u keeps its sentinel.
-TEST(ops_grouped_swiglu_forward_matches_double) {
-    enum { E = 3, R = 6, I = 4, K = 3 };
-    int32_t off[E + 1] = {0, 2, 2, 5};
-    float *x = ops_rand(R * K, 1.5f), *wg = ops_rand(E * I * K, 1.0f), *wu = ops_rand(E * I * K, 1.0f);
-    float a[R * I], g[R * I], u[R * I];
-    for (int i = 0; i < R * I; i++) a[i] = g[i] = u[i] = 7.0f;
-    cpu()->grouped_swiglu_forward(tensor_2d(a, DT_F32, R, I), tensor_2d(g, DT_F32, R, I), tensor_2d(u, DT_F32, R, I),
-                                  tensor_2d(x, DT_F32, R, K), tensor_3d(wg, DT_F32, E, I, K),
-                                  tensor_3d(wu, DT_F32, E, I, K), tensor_1d(off, DT_I32, E + 1), off);
-    for (int e = 0; e < E; e++)
-        for (int r = off[e]; r < off[e + 1]; r++)
-            for (int i = 0; i < I; i++) {
-                double gd = 0, ud = 0;
-                for (int k = 0; k < K; k++) {
-                    gd += (double)x[r * K + k] * wg[(e * I + i) * K + k];
-                    ud += (double)x[r * K + k] * wu[(e * I + i) * K + k];
-                }
-                const double ad = gd / (1.0 + exp(-gd)) * ud;
-                ASSERT_NEAR(g[r * I + i], gd, 1e-5, 1e-6);
-                ASSERT_NEAR(u[r * I + i], ud, 1e-5, 1e-6);
-                ASSERT_NEAR(a[r * I + i], ad, 1e-5, 1e-6);
-            }
-    for (int i = 0; i < I; i++) ASSERT(a[5 * I + i] == 7.0f && g[5 * I + i] == 7.0f && u[5 * I + i] == 7.0f);
-    free(x), free(wg), free(wu);
 }
 
 static void die_pair_bad_wb(void *unused) {

@@ -317,8 +317,7 @@ static int expect_step(const Config *c, int fuse, Expect *e) {
     PER_MICRO("matmul_forward", gemm_n + rec * 2 * Lb - fuse * resid_n, fwd + recomputed - fuse * resid);
     PER_MICRO("matmul_forward_residual", fuse * resid_n, fuse * resid);
     PER_MICRO("matmul_backward", gemm_n, 2 * fwd);   // every backward computes both dinp and dw
-    PER_MICRO("grouped_matmul_forward", n_moe, grouped / 3);        // down; gate and up in the fused op below
-    PER_MICRO("grouped_swiglu_forward", n_moe, 2 * grouped / 3);
+    PER_MICRO("grouped_matmul_forward", 3 * n_moe, grouped);
     // backward: down (dinp and dw), gate and up (dw only: 1/3 of `grouped` each); their input gradients in one pair
     PER_MICRO("grouped_matmul_backward", 3 * n_moe, 4 * grouped / 3);
     PER_MICRO("grouped_matmul_dinp_pair", n_moe, 2 * grouped / 3);
@@ -326,8 +325,7 @@ static int expect_step(const Config *c, int fuse, Expect *e) {
     PER_MICRO("attention_backward", Lb, Lb * 2 * B * H * half * (3 * qk + 2 * dv));
     PER_MICRO("rmsnorm_forward", norms + rec * (Lb * (3 + ql) + 2 * D), -1);
     PER_MICRO("rmsnorm_backward", norms, -1);
-    // the routed experts' SwiGLU runs inside grouped_swiglu_forward (again as swiglu_forward under recompute)
-    PER_MICRO("swiglu_forward", n_dense + n_moe * sh + rec * (n_dense + n_moe * (1 + sh)), -1);
+    PER_MICRO("swiglu_forward", (n_dense + n_moe * (1 + sh)) * (1 + rec), -1);
     PER_MICRO("swiglu_backward", n_dense + n_moe * (1 + sh), -1);
     PER_MICRO("axpy", 0, -1);   // none: the gate and up experts' input gradients are summed by the dinp pair
     PER_MICRO("copy_cols", Lb * 4 + D * (4 + 2 * rec), -1);

@@ -18,7 +18,6 @@ const Backend backend_cpu = {
     .matmul_forward_residual = cpu_matmul_forward_residual,
     .matmul_backward = cpu_matmul_backward,
     .grouped_matmul_forward = cpu_grouped_matmul_forward,
-    .grouped_swiglu_forward = cpu_grouped_swiglu_forward,
     .grouped_matmul_backward = cpu_grouped_matmul_backward,
     .grouped_matmul_dinp_pair = cpu_grouped_matmul_dinp_pair,
 

@@ -275,22 +275,3 @@ void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor 
         gemm_nn(d, K, gb + r0 * N, N, pb + e * N * K, K, rows, N, K, 1);
     }
 }
-
-void cpu_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
-                                const int32_t *offsets_host) {
-    const char *op = "grouped_swiglu_forward";
-    cpu_need(op, "wg", &wg, DT_F32, 3);
-    cpu_need(op, "wu", &wu, DT_F32, 3);
-    for (int i = 0; i < 3; i++) cpu_agree(op, "wu", &wu, wu.shape[i], "wg", &wg, wg.shape[i], "shape");
-    cpu_need(op, "a", &a, DT_F32, 2);
-    for (int i = 0; i < 2; i++) cpu_agree(op, "a", &a, a.shape[i], "g", &g, g.shape[i], "shape");
-    cpu_grouped_matmul_forward(g, inp, wg, offsets, offsets_host);
-    cpu_grouped_matmul_forward(u, inp, wu, offsets, offsets_host);
-    // SwiGLU on the rows of the segments only (the rest of a is not touched, as the projections leave g and u)
-    const int32_t *off = offsets_host ? offsets_host : offsets.data;
-    const int64_t E = wg.shape[0], I = wg.shape[1], r0 = off[0], rows = off[E] - off[0];
-    if (rows > 0)
-        cpu_swiglu_forward(tensor_2d((float *)a.data + r0 * I, DT_F32, rows, I),
-                           tensor_2d((float *)g.data + r0 * I, DT_F32, rows, I),
-                           tensor_2d((float *)u.data + r0 * I, DT_F32, rows, I));
-}

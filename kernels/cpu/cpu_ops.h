@@ -49,8 +49,6 @@ void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
 void cpu_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w);
 void cpu_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cpu_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
-void cpu_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
-                                const int32_t *offsets_host);
 void cpu_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                  const int32_t *offsets_host, int accumulate_dinp);
 void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,

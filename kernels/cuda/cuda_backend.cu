@@ -22,7 +22,6 @@ extern "C" const Backend backend_cuda = {
     .matmul_forward_residual = cuda_matmul_forward_residual,
     .matmul_backward = cuda_matmul_backward,
     .grouped_matmul_forward = cuda_grouped_matmul_forward,
-    .grouped_swiglu_forward = cuda_grouped_swiglu_forward,
     .grouped_matmul_backward = cuda_grouped_matmul_backward,
     .grouped_matmul_dinp_pair = cuda_grouped_matmul_dinp_pair,
 

@@ -216,8 +216,6 @@ void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate);
 void cuda_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w);
 void cuda_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, int accumulate_dinp);
 void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets, const int32_t *offsets_host);
-void cuda_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets,
-                                 const int32_t *offsets_host);
 void cuda_grouped_matmul_backward(Tensor dinp, Tensor dw, Tensor dout, Tensor inp, Tensor w, Tensor offsets,
                                   const int32_t *offsets_host, int accumulate_dinp);
 void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor dout_b, Tensor wb, Tensor offsets,

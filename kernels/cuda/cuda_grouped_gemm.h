@@ -30,10 +30,6 @@ void cuda_gg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
 void cuda_gg_wg_forward(Tensor out, Tensor inp, Tensor w, Tensor offsets);
 void cuda_gg_wg_dinp(Tensor dinp, Tensor dout, Tensor w, Tensor offsets, int accumulate);
 void cuda_gg_wg_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets);
-// g, u (R, I) = inp @ wg[e]^T, inp @ wu[e]^T and a = silu(g) u (from g, u as rounded: swiglu_forward's bits), all
-// BF16, one launch (sm90_bf16_grouped_glu_wg). Returns 0 without launching when the selected configuration is not
-// the bulk-epilogue one.
-int cuda_gg_wg_glu(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets);
 // dinp = da @ wa[e] + db @ wb[e] per segment, one contraction (overwrite); da, db (R, N), wa, wb (E, N, K).
 void cuda_gg_wg_dinp_pair(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor offsets);
 // DSV3_GG = wg | mma (unset or empty: mma): which kernel set the backend's BF16 grouped GEMMs use; read at every

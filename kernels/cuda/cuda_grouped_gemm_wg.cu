@@ -194,65 +194,6 @@ __device__ __forceinline__ void store_staged(bf16 *c, int64_t ld, float (&d)[Cfg
     }
 }
 
-// The gate/up/SwiGLU epilogue (ProbGLU): the tile's columns [0, 128) are the gate projection's columns
-// [c0, c0 + 128), [128, 256) the up projection's same columns, so a thread holds g and u of the same elements
-// (fragment j and j + 16). g | u are staged (one 512-byte staging row: two bulk copies a row); a = silu(g) u, from g
-// and u as rounded to BF16 with swiglu_forward's expression (g * s * u, s = 1 / (1 + e^-g)), so a equals
-// swiglu_forward(g, u) bit for bit, is stored from the fragments while the copies drain (staging it too would wait
-// for the copies to read the staging tile: measured slower). Rows below r_end, columns below c_end are written.
-template <class Cfg>
-__device__ __forceinline__ void store_glu(bf16 *a, bf16 *g, bf16 *u, int64_t ld, float (&d)[Cfg::ACC], int r0,
-                                          int r_end, int c0, int c_end, uint32_t stg) {
-    static_assert(Cfg::STAGED && Cfg::BN == 256, "the GLU tile is 128 gate + 128 up columns, staged");
-    const int lane = threadIdx.x & 31, q = lane & 3;
-    const int rl = 64 * (int)(threadIdx.x >> 7) + 16 * (int)((threadIdx.x >> 5) & 3) + (lane >> 2);
-    const int r = r0 + (int)threadIdx.x, ncol = min(128, c_end - c0);
-    const bool row_ok = threadIdx.x < Cfg::BM && r < r_end && ncol > 0;
-    if (threadIdx.x < Cfg::BM) bulk_wait_read();
-    __syncthreads();
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const uint32_t row = stg + (uint32_t)(rl + 8 * h) * Cfg::STG_ROW + 4u * q;
-#pragma unroll
-        for (int j = 0; j < 32; j++) {
-            const __nv_bfloat162 v = __floats2bfloat162_rn(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + 16u * j), "r"(*reinterpret_cast<const uint32_t *>(&v))
-                         : "memory");
-        }
-    }
-    wg_fence_proxy();
-    __syncthreads();
-    if (threadIdx.x < Cfg::BM) {
-        if (row_ok) {
-            const uint32_t src = stg + threadIdx.x * Cfg::STG_ROW;
-            bulk_store(g + (int64_t)r * ld + c0, src, (uint32_t)ncol * 2u);
-            bulk_store(u + (int64_t)r * ld + c0, src + 256u, (uint32_t)ncol * 2u);
-        }
-        bulk_commit();
-    }
-    // a goes straight from the fragments (a third of the tile's bytes), while the bulk copies drain
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int row = r0 + rl + 8 * h;
-        if (row >= r_end) continue;
-        bf16 *arow = a + (int64_t)row * ld;
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int col = c0 + 8 * j + 2 * q;
-            if (col >= c_end) continue;
-            float o[2];
-#pragma unroll
-            for (int x = 0; x < 2; x++) {
-                const float gv = __bfloat162float(__float2bfloat16_rn(d[4 * j + 2 * h + x]));
-                const float uv = __bfloat162float(__float2bfloat16_rn(d[4 * (j + 16) + 2 * h + x]));
-                const float sv = 1.0f / (1.0f + expf(-gv));
-                o[x] = gv * sv * uv;
-            }
-            st2(arow + col, o[0], o[1]);
-        }
-    }
-}
-
 // One output tile: rows [m0, m0 + 128) (valid below m_end) of expert e, columns [c0, c0 + BN), contraction
 // [k0, k_end) (never empty: the kernels handle an empty contraction before the pipeline).
 struct Tile {
@@ -285,34 +226,6 @@ template <class Cfg, typename OutT> struct ProbNT {
     __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
         if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) store_staged<Cfg>(out, N, d, t.m0, t.m_end, t.c0, N, stg);
         else store_acc<Cfg::BN>(out, N, d, t.m0, t.m_end, t.c0, N, 0);
-    }
-};
-
-// g, u (R, I) = inp (R, K) @ wg[e] (I, K)^T, inp @ wu[e]^T and a = silu(g) u: one tile = 128 rows x (128 columns
-// of g, the same 128 of u); the B stage holds wg's 128 rows then wu's (each a 128-row K-slab: together the byte
-// layout of one 256-row slab).
-template <class Cfg> struct ProbGLU {
-    static constexpr int TA = 0, TB = 0;
-    bf16 *a, *g, *u;
-    const bf16 *inp, *wg, *wu;
-    const int32_t *off;
-    int R, E, I, K, col_tiles;
-    long long tiles;
-    __device__ __forceinline__ bool get(int j, Tile &t) const {
-        const long long idx = (long long)blockIdx.x + (long long)j * gridDim.x;
-        if (idx >= tiles || !find_row_tile<Cfg::BM>(off, E, R, (int)(idx / col_tiles), t.e, t.m0, t.m_end))
-            return false;
-        t.c0 = (int)(idx % col_tiles) * (Cfg::BN / 2), t.k0 = 0, t.k_end = K;
-        return true;
-    }
-    __device__ __forceinline__ void load(const Tile &t, int kc, uint32_t sa, uint32_t sb) const {
-        load_block<Cfg::BM, 1, Cfg::THREADS>(sa, inp, K, t.m0, t.m_end, kc, K);
-        load_block<Cfg::BN / 2, 1, Cfg::THREADS>(sb, wg + (int64_t)t.e * I * K, K, t.c0, I, kc, K);
-        load_block<Cfg::BN / 2, 1, Cfg::THREADS>(sb + (Cfg::BN / 2) * 128u, wu + (int64_t)t.e * I * K, K, t.c0, I,
-                                                 kc, K);
-    }
-    __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
-        store_glu<Cfg>(a, g, u, I, d, t.m0, t.m_end, t.c0, I, stg);
     }
 };
 
@@ -514,18 +427,6 @@ __global__ void __launch_bounds__(Cfg::THREADS, 1)
     else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
 }
 
-// g, u = inp @ wg[e]^T, inp @ wu[e]^T; a = silu(g) u. Persistent like nt; K = 0 writes zeros (silu(0) 0 = 0).
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::THREADS, 1)
-    sm90_bf16_grouped_glu_wg(bf16 *a, bf16 *g, bf16 *u, const bf16 *inp, const bf16 *wg, const bf16 *wu,
-                             const int32_t *offsets, int R, int E, int I, int K, int col_tiles, long long tiles,
-                             CudaDevError *err) {
-    check_offsets(offsets, E, R, err);
-    const ProbGLU<Cfg> p = {a, g, u, inp, wg, wu, offsets, R, E, I, K, col_tiles, tiles};
-    if (K == 0) store_zero_tiles<Cfg>(p, ring_base(gg_wg_smem));
-    else wg_pipeline<Cfg>(p, ring_base(gg_wg_smem));
-}
-
 // dinp (R, K) = da @ wa[e] + db @ wb[e]. Persistent like nn; an empty contraction (N = 0) writes zeros.
 template <class Cfg, typename OutT>
 __global__ void __launch_bounds__(Cfg::THREADS, 1)
@@ -659,19 +560,6 @@ void launch_nn2(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor 
     CUDA_LAUNCH_CHECK("sm90_bf16_grouped_gemm_wg_nn2");
 }
 
-template <class Cfg> void launch_glu(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets) {
-    const int R = (int)inp.shape[0], K = (int)inp.shape[1], E = (int)wg.shape[0], I = (int)wg.shape[1];
-    const int col_tiles = (int)gg_ceil_div(I, Cfg::BN / 2);
-    const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
-    if (tiles == 0) return;
-    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
-    set_smem_once<sm90_bf16_grouped_glu_wg<Cfg>>(Cfg::SMEM);
-    sm90_bf16_grouped_glu_wg<Cfg><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
-        (bf16 *)a.data, (bf16 *)g.data, (bf16 *)u.data, (const bf16 *)inp.data, (const bf16 *)wg.data,
-        (const bf16 *)wu.data, (const int32_t *)offsets.data, R, E, I, K, col_tiles, tiles, cuda_dev_error());
-    CUDA_LAUNCH_CHECK("sm90_bf16_grouped_glu_wg");
-}
-
 template <class Cfg> void launch_tn_dw(Tensor dw, Tensor dout, Tensor inp, Tensor offsets) {
     const int R = (int)inp.shape[0], K = (int)inp.shape[1], E = (int)dw.shape[0], N = (int)dw.shape[1];
     const int n_tiles = (int)gg_ceil_div(N, Cfg::BM), k_tiles = (int)gg_ceil_div(K, Cfg::BN);
@@ -731,14 +619,6 @@ extern "C" void cuda_gg_wg_dinp_pair(Tensor dinp, Tensor da, Tensor wa, Tensor d
     case WG_128: dinp_pair_as<Cfg128>(dinp, da, wa, db, wb, offsets); break;
     case WG_256_BULK: dinp_pair_as<Cfg256s>(dinp, da, wa, db, wb, offsets); break;
     }
-}
-
-// The fused GLU runs on the bulk-epilogue configuration only: 0 when another is selected (the caller then runs
-// the two projections and swiglu_forward).
-extern "C" int cuda_gg_wg_glu(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu, Tensor offsets) {
-    if (wg_choice() != WG_256_BULK) return 0;
-    launch_glu<Cfg256s>(a, g, u, inp, wg, wu, offsets);
-    return 1;
 }
 
 // The weight gradient is F32 (accumulated): its epilogue is always direct, so the bulk choice runs Cfg256.

@@ -375,33 +375,6 @@ extern "C" void cuda_grouped_matmul_forward(Tensor out, Tensor inp, Tensor w, Te
     }
 }
 
-extern "C" void cuda_grouped_swiglu_forward(Tensor a, Tensor g, Tensor u, Tensor inp, Tensor wg, Tensor wu,
-                                            Tensor offsets, const int32_t *offsets_host) {
-    const char *op = "grouped_swiglu_forward";
-    grouped_forward_check(op, g, inp, wg, offsets, offsets_host);
-    grouped_forward_check(op, u, inp, wu, offsets, offsets_host);
-    for (int i = 0; i < 3; i++) cpu_agree(op, "wu", &wu, wu.shape[i], "wg", &wg, wg.shape[i], "shape");
-    cuda_need_float(op, "a", &a, 2);
-    for (int i = 0; i < 2; i++) cpu_agree(op, "a", &a, a.shape[i], "g", &g, g.shape[i], "shape");
-    const void *ptrs[6] = {a.data, g.data, u.data, inp.data, wg.data, wu.data};
-    if (inp.dtype == DT_BF16 && a.dtype == DT_BF16 && g.dtype == DT_BF16 && u.dtype == DT_BF16 &&
-        cuda_gg_wg_selected() && cuda_gg_supported(inp.shape[0], wg.shape[0], wg.shape[1], wg.shape[2], ptrs, 6) &&
-        cuda_gg_wg_glu(a, g, u, inp, wg, wu, offsets))
-        return;
-    // Elsewhere: the two projections, then SwiGLU over the rows the segments cover (a's other rows untouched).
-    cuda_grouped_matmul_forward(g, inp, wg, offsets, offsets_host);
-    cuda_grouped_matmul_forward(u, inp, wu, offsets, offsets_host);
-    const int64_t E = wg.shape[0], I = wg.shape[1];
-    // the segment table's ends, on the host (a download, so a wait, on this fallback path only)
-    offsets_host = host_offsets(op, offsets, offsets_host, E, inp.shape[0]);
-    const int32_t first = offsets_host[0], last = offsets_host[E];
-    if (last <= first) return;
-    const size_t es = dtype_size(a.dtype), gs = dtype_size(g.dtype);
-    cuda_swiglu_forward(tensor_2d((char *)a.data + (size_t)first * I * es, a.dtype, last - first, I),
-                        tensor_2d((char *)g.data + (size_t)first * I * gs, g.dtype, last - first, I),
-                        tensor_2d((char *)u.data + (size_t)first * I * gs, u.dtype, last - first, I));
-}
-
 extern "C" void cuda_grouped_matmul_forward_loop(Tensor out, Tensor inp, Tensor w, Tensor offsets,
                                                  const int32_t *offsets_host) {
     const char *op = "grouped_matmul_forward";

@@ -113,7 +113,7 @@ static void bench_gemm_residual(const char *what, int64_t M, int64_t N, int64_t 
     G->free(r.inp.data), G->free(r.w.data), G->free(r.res.data), G->free(r.out.data);
 }
 
-typedef struct { Tensor out, inp, w, dinp, dw, dout, off, a, u; int32_t *off_h; } GmmCtx;
+typedef struct { Tensor out, inp, w, dinp, dw, dout, off; int32_t *off_h; } GmmCtx;
 // The backend's grouped ops (BF16: the one-launch kernels that DSV3_GG selects) and the per-expert cuBLASLt loop.
 static void gmm_fwd(void *c) { GmmCtx *m = c; G->grouped_matmul_forward(m->out, m->inp, m->w, m->off, m->off_h); }
 static void gmm_dinp(void *c) {
@@ -130,11 +130,6 @@ static void gmm_dw(void *c) {
 static void gmm_dinp_pair(void *c) {
     GmmCtx *m = c;
     G->grouped_matmul_dinp_pair(m->dinp, m->dout, m->w, m->dout, m->w, m->off, m->off_h);
-}
-// The gate and up projections with SwiGLU in one op (the same weight as both: the speed does not depend on it).
-static void gmm_glu(void *c) {
-    GmmCtx *m = c;
-    G->grouped_swiglu_forward(m->a, m->out, m->u, m->inp, m->w, m->w, m->off, m->off_h);
 }
 static void loop_fwd(void *c) { GmmCtx *m = c; cuda_grouped_matmul_forward_loop(m->out, m->inp, m->w, m->off, m->off_h); }
 static void loop_dinp(void *c) {
@@ -219,11 +214,6 @@ static void bench_grouped(const char *what, int E, int64_t R, int64_t N, int64_t
     unsetenv("DSV3_GG"), unsetenv("DSV3_GG_WG_BN"), unsetenv("DSV3_GG_WG_EPI");
     const double tp = time_it(gmm_dinp_pair, &m); // the default kernel set
     printf("    dinp pair (2 products, default set) %7.3f ms %6.1f TFLOP/s\n", tp * 1e3, 2 * fl / tp * 1e-12);
-    m.a = tensor_2d(G->alloc((size_t)(R * N) * dtype_size(dt)), dt, R, N);
-    m.u = tensor_2d(G->alloc((size_t)(R * N) * dtype_size(dt)), dt, R, N);
-    const double tg = time_it(gmm_glu, &m);
-    printf("    fwd glu (gate + up + SwiGLU, default set) %7.3f ms %6.1f TFLOP/s\n", tg * 1e3, 2 * fl / tg * 1e-12);
-    G->free(m.a.data), G->free(m.u.data);
     G->free(m.inp.data), G->free(m.w.data), G->free(m.out.data), G->free(m.dout.data), G->free(m.dinp.data);
     G->free(m.dw.data), G->free(doff), free(m.off_h);
 }
@@ -525,11 +515,10 @@ static void bench_memops(void) {
 
 int main(int argc, char **argv) {
     if (argc > 1) g_iters = atoi(argv[1]);
-    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention|grouped|memops|dense]", argv[0]);
+    if (g_iters < 1) die("usage: %s [iterations >= 1] [attention|grouped|memops]", argv[0]);
     const char *only = argc > 2 ? argv[2] : "";
-    if (*only && strcmp(only, "attention") && strcmp(only, "grouped") && strcmp(only, "memops") &&
-        strcmp(only, "dense"))
-        die("usage: %s [iterations >= 1] [attention|grouped|memops|dense]: unknown argument '%s'", argv[0], only);
+    if (*only && strcmp(only, "attention") && strcmp(only, "grouped") && strcmp(only, "memops"))
+        die("usage: %s [iterations >= 1] [attention|grouped|memops]: unknown argument '%s'", argv[0], only);
     const int mem_only = !strcmp(only, "memops");
     G = backend_get("cuda");
     if (mem_only) {
@@ -547,20 +536,6 @@ int main(int argc, char **argv) {
         bench_gemm("o_proj (1536->1536)", M, 1536, 1536, DT_F32);
         bench_gemm_residual("o_proj (1536->1536)", M, 1536, 1536);
         bench_gemm_residual("ffn down (512->1536)", M, 1536, 512);
-    }
-    if (!*only || !strcmp(only, "dense")) {
-        // Every dense product of a bench-1gpu step, BF16 (the step's profile names them by shape): q_a and the shared
-        // expert's gate / up (1536 -> 512), kv_a (1536 -> 256 + 64), kv_b (256 -> 12 x 256), q_b (512 -> 12 x 192),
-        // the shared expert's down (512 -> 1536), the router (1536 -> 64), the dense layer's FFN (1536 -> 4096 and
-        // back) and a head chunk (2048 rows, 1536 -> 32768).
-        static const struct { const char *what; int64_t m, n, k; } shapes[] = {
-            {"q_a/shared gate,up", 0, 512, 1536}, {"kv_a (1536->320)", 0, 320, 1536},
-            {"kv_b (256->3072)", 0, 3072, 256},   {"q_b (512->2304)", 0, 2304, 512},
-            {"shared down", 0, 1536, 512},        {"router (1536->64)", 0, 64, 1536},
-            {"dense up (1536->4096)", 0, 4096, 1536}, {"dense down (4096->1536)", 0, 1536, 4096},
-            {"head chunk", 2048, 32768, 1536}};
-        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-            bench_gemm(shapes[i].what, shapes[i].m ? shapes[i].m : M, shapes[i].n, shapes[i].k, DT_BF16);
     }
     if (!*only || !strcmp(only, "grouped")) {
         // MoE experts: 64 experts, top-6 of 16384 tokens, moe_inter_dim 512: gate/up (1536 -> 512), down (512 -> 1536);

@@ -1,8 +1,6 @@
 // cuda vs cpu: the BF16 grouped (MoE expert) GEMMs, through the backend's grouped_matmul_forward/backward and
-// grouped_matmul_dinp_pair and grouped_swiglu_forward: out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto
-// what dinp holds), dw[e] += dout_seg^T inp_seg, the pair dinp = dout @ w[e] + dout2 @ w2[e], and the GLU
-// g = inp @ w[e]^T, u = inp @ w2[e]^T, a = silu(g) u (a must equal swiglu_forward of the g and u it wrote, bit for
-// bit). Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
+// grouped_matmul_dinp_pair: out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto
+// what dinp holds), dw[e] += dout_seg^T inp_seg, and the pair dinp = dout @ w[e] + dout2 @ w2[e]. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
 // (DSV3_GG=mma) and the wgmma kernels of cuda_grouped_gemm_wg.cu (DSV3_GG=wg) with both tile widths
 // (DSV3_GG_WG_BN=256, 128; DSV3_GG_WG_EPI=direct, bulk), each with F32 and BF16 out/dinp.
 //
@@ -58,7 +56,6 @@ typedef struct {
     int32_t *off;
     float *x, *w, *g, *dw0, *dx0, *want, *want_dx, *want_dw;
     float *w2, *g2, *want_pair;             // the dinp pair's second product (g2 @ w2[e]) and the pair's reference
-    float *want_u, *want_a;                 // grouped_swiglu_forward with wg = w, wu = w2: u = x @ w2[e]^T, a
     void *d_xbuf, *d_x, *d_w, *d_g, *d_off; // device inputs (d_x inside d_xbuf when skewed)
     void *d_w2, *d_g2;
 } GgData;
@@ -80,13 +77,6 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
     void *d_dxa = gt_dev(dx0, R * K, od);
     G->grouped_matmul_backward(tensor_2d(d_dxa, od, R, K), tensor_3d(NULL, DT_F32, E, N, K), t_g, t_x, t_w, g_off,
                                h->off, 1);
-    // grouped_swiglu_forward (gate w, up w2) into poisoned a, g, u; then swiglu_forward of the g and u it wrote
-    void *d_ga = gt_dev_poison(R * N, od), *d_gg = gt_dev_poison(R * N, od), *d_gu = gt_dev_poison(R * N, od);
-    void *d_ga2 = gt_dev_poison(R * N, od);
-    G->grouped_swiglu_forward(tensor_2d(d_ga, od, R, N), tensor_2d(d_gg, od, R, N), tensor_2d(d_gu, od, R, N), t_x, t_w,
-                              tensor_3d(h->d_w2, bf, E, N, K), g_off, h->off);
-    if (S > 0)
-        G->swiglu_forward(tensor_2d(d_ga2, od, S, N), tensor_2d(d_gg, od, S, N), tensor_2d(d_gu, od, S, N));
     // the dinp pair: g @ w[e] + g2 @ w2[e], overwriting a poisoned dinp
     void *d_dxp = gt_dev_poison(R * K, od);
     G->grouped_matmul_dinp_pair(tensor_2d(d_dxp, od, R, K), t_g, t_w, tensor_2d(h->d_g2, bf, R, N),
@@ -107,16 +97,6 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
     }
     snprintf(what, sizeof what, "%s dinp pair", id);
     GT_CLOSE_ABS(what, dxp, h->want_pair, S * K, rtol, atol, atol_first);
-    float *ga = gt_host(d_ga, R * N, od), *gg = gt_host(d_gg, R * N, od), *gu = gt_host(d_gu, R * N, od);
-    float *ga2 = gt_host(d_ga2, R * N, od);
-    snprintf(what, sizeof what, "%s glu g", id);
-    GT_CLOSE(what, gg, h->want, S * N, rtol, atol);
-    snprintf(what, sizeof what, "%s glu u", id);
-    GT_CLOSE(what, gu, h->want_u, S * N, rtol, atol);
-    snprintf(what, sizeof what, "%s glu a", id);
-    GT_CLOSE(what, ga, h->want_a, S * N, rtol, atol);
-    snprintf(what, sizeof what, "%s glu a == swiglu_forward(g, u)", id);
-    GT_EXACT(what, ga, ga2, S * N);
     snprintf(what, sizeof what, "%s fwd", id);
     GT_CLOSE(what, out, h->want, S * N, rtol, atol);
     snprintf(what, sizeof what, "%s dinp", id);
@@ -134,10 +114,6 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
         GT_EXACT(what, out + S * N, nan, (int64_t)c->tail * N);
         snprintf(what, sizeof what, "%s dinp tail rows", id);
         GT_EXACT(what, dx + S * K, nan, (int64_t)c->tail * K);
-        snprintf(what, sizeof what, "%s glu a, g, u tail rows", id);
-        GT_EXACT(what, ga + S * N, nan, (int64_t)c->tail * N);
-        GT_EXACT(what, gg + S * N, nan, (int64_t)c->tail * N);
-        GT_EXACT(what, gu + S * N, nan, (int64_t)c->tail * N);
         snprintf(what, sizeof what, "%s dinp pair tail rows", id);
         GT_EXACT(what, dxp + S * K, nan, (int64_t)c->tail * K);
         snprintf(what, sizeof what, "%s dinp += tail rows", id);
@@ -145,9 +121,7 @@ static void run_impl(const GgCase *c, const GgData *h, const GgImpl *im, DType o
         free(nan);
     }
     G->free(d_out), G->free(d_dx), G->free(d_dw), G->free(d_dxa), G->free(d_dxp);
-    G->free(d_ga), G->free(d_gg), G->free(d_gu), G->free(d_ga2);
     free(dx0), free(out), free(dx), free(dxa), free(dw), free(acc_want), free(dxp);
-    free(ga), free(gg), free(gu), free(ga2);
 }
 
 static void check_case(const GgCase *c) {
@@ -174,13 +148,6 @@ static void check_case(const GgCase *c) {
                                 tensor_3d(h.w, DT_F32, E, N, K), tensor_2d(h.g2, DT_F32, R, N),
                                 tensor_3d(h.w2, DT_F32, E, N, K), c_off, h.off);
     h.d_w2 = gt_dev(h.w2, nw, DT_BF16), h.d_g2 = gt_dev(h.g2, R * N, DT_BF16);
-    h.want_u = malloc(sizeof(float) * (R * N > 0 ? R * N : 1));
-    h.want_a = malloc(sizeof(float) * (R * N > 0 ? R * N : 1));
-    C->grouped_matmul_forward(tensor_2d(h.want_u, DT_F32, R, N), tensor_2d(h.x, DT_F32, R, K),
-                              tensor_3d(h.w2, DT_F32, E, N, K), c_off, h.off);
-    if (h.S > 0)
-        C->swiglu_forward(tensor_2d(h.want_a, DT_F32, h.S, N), tensor_2d(h.want, DT_F32, h.S, N),
-                          tensor_2d(h.want_u, DT_F32, h.S, N));
     if (c->skew) {
         float *xs = malloc(sizeof(float) * (R * K + 1));
         xs[0] = 0.0f;
@@ -198,7 +165,7 @@ static void check_case(const GgCase *c) {
     }
     G->free(h.d_xbuf), G->free(h.d_w), G->free(h.d_g), G->free(h.d_off), G->free(h.d_w2), G->free(h.d_g2);
     free(h.x), free(h.w), free(h.g), free(h.dw0), free(h.dx0), free(h.want), free(h.want_dx), free(h.want_dw);
-    free(h.w2), free(h.g2), free(h.want_pair), free(h.want_u), free(h.want_a);
+    free(h.w2), free(h.g2), free(h.want_pair);
     free(h.off);
 }
 
