@@ -1,6 +1,7 @@
 // cuda vs cpu: the BF16 grouped (MoE expert) GEMMs, through the backend's grouped_matmul_forward/backward and
 // grouped_matmul_dinp_pair: out = inp @ w[e]^T, dinp = dout @ w[e] (overwrite, and with accumulate_dinp added onto
-// what dinp holds), dw[e] += dout_seg^T inp_seg, and the pair dinp = dout @ w[e] + dout2 @ w2[e]. Every case runs on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
+// what dinp holds), dw[e] += dout_seg^T inp_seg, and the pair dinp = dout @ w[e] + dout2 @ w2[e]. Every case runs
+// on each kernel set: the mma.sync kernels of cuda_grouped_gemm.cu
 // (DSV3_GG=mma) and the wgmma kernels of cuda_grouped_gemm_wg.cu (DSV3_GG=wg) with both tile widths
 // (DSV3_GG_WG_BN=256, 128; DSV3_GG_WG_EPI=direct, bulk), each with F32 and BF16 out/dinp.
 //
