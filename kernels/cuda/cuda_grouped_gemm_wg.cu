@@ -224,8 +224,10 @@ template <class Cfg, typename OutT> struct ProbNT {
         load_block<Cfg::BN, 1, Cfg::THREADS>(sb, w + (int64_t)t.e * N * K, K, t.c0, N, kc, K);
     }
     __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
-        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) store_staged<Cfg>(out, N, d, t.m0, t.m_end, t.c0, N, stg);
-        else store_acc<Cfg::BN>(out, N, d, t.m0, t.m_end, t.c0, N, 0);
+        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>)
+            store_staged<Cfg>(out, N, d, t.m0, t.m_end, t.c0, N, stg);
+        else
+            store_acc<Cfg::BN>(out, N, d, t.m0, t.m_end, t.c0, N, 0);
     }
 };
 
@@ -283,8 +285,10 @@ template <class Cfg, typename OutT> struct ProbNN2 {
         load_block<Cfg::BK, Cfg::BN / 64, Cfg::THREADS>(sb, w + (int64_t)t.e * N * K, K, k, N, t.c0, K);
     }
     __device__ __forceinline__ void store(const Tile &t, float (&d)[Cfg::ACC], uint32_t stg) const {
-        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>) store_staged<Cfg>(dinp, K, d, t.m0, t.m_end, t.c0, K, stg);
-        else store_acc<Cfg::BN>(dinp, K, d, t.m0, t.m_end, t.c0, K, 0);
+        if constexpr (Cfg::STAGED && std::is_same_v<OutT, bf16>)
+            store_staged<Cfg>(dinp, K, d, t.m0, t.m_end, t.c0, K, stg);
+        else
+            store_acc<Cfg::BN>(dinp, K, d, t.m0, t.m_end, t.c0, K, 0);
     }
 };
 
