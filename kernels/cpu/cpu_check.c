@@ -80,3 +80,30 @@ void cpu_need_lowp_copy(const char *op, const char *name, const Tensor *copy, co
             cpu_shape_str(of, sb));
     cpu_same_or_disjoint(op, name, copy, of_name, of);
 }
+
+void cpu_matmul_shapes(const char *op, const Tensor *out, const Tensor *inp, const Tensor *w, int64_t *M, int64_t *N,
+                       int64_t *K) {
+    *M = cpu_rows(inp), *K = cpu_cols(inp), *N = w->shape[0];
+    cpu_agree(op, "inp", inp, *K, "w", w, w->shape[1], "K");
+    cpu_agree(op, "out", out, cpu_rows(out), "inp", inp, *M, "M");
+    cpu_agree(op, "out", out, cpu_cols(out), "w", w, *N, "N");
+}
+
+void cpu_matmul_residual_shapes(const char *op, const Tensor *out, const Tensor *res, const Tensor *inp,
+                                const Tensor *w, int64_t *M, int64_t *N, int64_t *K) {
+    cpu_matmul_shapes(op, out, inp, w, M, N, K);
+    cpu_agree(op, "res", res, cpu_rows(res), "out", out, *M, "M");
+    cpu_agree(op, "res", res, cpu_cols(res), "out", out, *N, "N");
+    cpu_same_or_disjoint(op, "res", res, "out", out);
+}
+
+void cpu_dinp_pair_shapes(const char *op, const Tensor *dinp, const Tensor *da, const Tensor *wa, const Tensor *db,
+                          const Tensor *wb, int64_t *R, int64_t *E, int64_t *N, int64_t *K) {
+    for (int i = 0; i < 3; i++) cpu_agree(op, "wb", wb, wb->shape[i], "wa", wa, wa->shape[i], "shape");
+    *R = dinp->shape[0], *K = dinp->shape[1], *E = wa->shape[0], *N = wa->shape[1];
+    cpu_agree(op, "dinp", dinp, *K, "wa", wa, wa->shape[2], "K");
+    cpu_agree(op, "dout_a", da, da->shape[0], "dinp", dinp, *R, "rows");
+    cpu_agree(op, "dout_a", da, da->shape[1], "wa", wa, *N, "N");
+    cpu_agree(op, "dout_b", db, db->shape[0], "dinp", dinp, *R, "rows");
+    cpu_agree(op, "dout_b", db, db->shape[1], "wa", wa, *N, "N");
+}

@@ -131,10 +131,8 @@ void cpu_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumulate) {
     cpu_need(op, "out", &out, DT_F32, 0);
     cpu_need(op, "inp", &inp, DT_F32, 0);
     cpu_need(op, "w", &w, DT_F32, 2);
-    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
-    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
-    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
-    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
+    int64_t M, N, K;
+    cpu_matmul_shapes(op, &out, &inp, &w, &M, &N, &K);
     gemm_nt(out.data, N, inp.data, K, w.data, K, M, N, K, accumulate);
 }
 
@@ -146,13 +144,8 @@ void cpu_matmul_forward_residual(Tensor out, Tensor res, Tensor inp, Tensor w) {
     cpu_need(op, "res", &res, DT_F32, 0);
     cpu_need(op, "inp", &inp, DT_F32, 0);
     cpu_need(op, "w", &w, DT_F32, 2);
-    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
-    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
-    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
-    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
-    cpu_agree(op, "res", &res, cpu_rows(&res), "out", &out, M, "M");
-    cpu_agree(op, "res", &res, cpu_cols(&res), "out", &out, N, "N");
-    cpu_same_or_disjoint(op, "res", &res, "out", &out);
+    int64_t M, N, K;
+    cpu_matmul_residual_shapes(op, &out, &res, &inp, &w, &M, &N, &K);
     if (res.data != out.data && M * N > 0) memcpy(out.data, res.data, (size_t)(M * N) * sizeof(float));
     gemm_nt(out.data, N, inp.data, K, w.data, K, M, N, K, 1);
 }
@@ -258,13 +251,8 @@ void cpu_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor wa, Tensor 
     cpu_need(op, "dout_b", &dout_b, DT_F32, 2);
     cpu_need(op, "wa", &wa, DT_F32, 3);
     cpu_need(op, "wb", &wb, DT_F32, 3);
-    for (int i = 0; i < 3; i++) cpu_agree(op, "wb", &wb, wb.shape[i], "wa", &wa, wa.shape[i], "shape");
-    int64_t R = dinp.shape[0], K = dinp.shape[1], E = wa.shape[0], N = wa.shape[1];
-    cpu_agree(op, "dinp", &dinp, K, "wa", &wa, wa.shape[2], "K");
-    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[0], "dinp", &dinp, R, "rows");
-    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[1], "wa", &wa, N, "N");
-    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[0], "dinp", &dinp, R, "rows");
-    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[1], "wa", &wa, N, "N");
+    int64_t R, E, N, K;
+    cpu_dinp_pair_shapes(op, &dinp, &dout_a, &wa, &dout_b, &wb, &R, &E, &N, &K);
     offsets_host = check_offsets(op, offsets, offsets_host, E, R);
     const float *ga = dout_a.data, *gb = dout_b.data, *pa = wa.data, *pb = wb.data;
     for (int64_t e = 0; e < E; e++) {

@@ -31,6 +31,16 @@ void cpu_same_or_disjoint(const char *op, const char *an, const Tensor *a, const
 // two do not overlap.
 void cpu_need_lowp_copy(const char *op, const char *name, const Tensor *copy, const char *of_name, const Tensor *of,
                         int64_t n);
+// The shape rules of the linear ops, shared by both backends (each checks its own dtypes first); every one dies
+// naming op and the tensors. matmul: out (M, N) = inp (M, K) @ w (N, K)^T (inp and out any leading shape);
+// sets *M, *N, *K. matmul_residual: the same plus res (M, N) like out, and res either out itself or disjoint.
+void cpu_matmul_shapes(const char *op, const Tensor *out, const Tensor *inp, const Tensor *w, int64_t *M, int64_t *N,
+                       int64_t *K);
+void cpu_matmul_residual_shapes(const char *op, const Tensor *out, const Tensor *res, const Tensor *inp,
+                                const Tensor *w, int64_t *M, int64_t *N, int64_t *K);
+// dinp pair: dinp (R, K) = da (R, N) @ wa[e] (E, N, K) + db (R, N) @ wb[e], wb shaped as wa; sets *R, *E, *N, *K.
+void cpu_dinp_pair_shapes(const char *op, const Tensor *dinp, const Tensor *da, const Tensor *wa, const Tensor *db,
+                          const Tensor *wb, int64_t *R, int64_t *E, int64_t *N, int64_t *K);
 // Prints the shape as "(8, 64)" into buf (at least 96 bytes) and returns buf.
 const char *cpu_shape_str(const Tensor *t, char *buf);
 

@@ -246,10 +246,8 @@ extern "C" void cuda_matmul_forward(Tensor out, Tensor inp, Tensor w, int accumu
     cuda_need_float(op, "inp", &inp, 0);
     cuda_need_float(op, "w", &w, 2);
     cuda_same_dtype(op, "inp", &inp, "w", &w);
-    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
-    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
-    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
-    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
+    int64_t M, N, K;
+    cpu_matmul_shapes(op, &out, &inp, &w, &M, &N, &K);
     mm_forward(op, out.data, out.dtype, NULL, inp.data, w.data, inp.dtype, M, N, K, accumulate ? 1.0f : 0.0f, 0);
 }
 
@@ -263,13 +261,8 @@ extern "C" void cuda_matmul_forward_residual(Tensor out, Tensor res, Tensor inp,
     cuda_need_float(op, "w", &w, 2);
     cuda_same_dtype(op, "inp", &inp, "w", &w);
     cuda_same_dtype(op, "res", &res, "out", &out);
-    int64_t M = cpu_rows(&inp), K = cpu_cols(&inp), N = w.shape[0];
-    cpu_agree(op, "inp", &inp, K, "w", &w, w.shape[1], "K");
-    cpu_agree(op, "out", &out, cpu_rows(&out), "inp", &inp, M, "M");
-    cpu_agree(op, "out", &out, cpu_cols(&out), "w", &w, N, "N");
-    cpu_agree(op, "res", &res, cpu_rows(&res), "out", &out, M, "M");
-    cpu_agree(op, "res", &res, cpu_cols(&res), "out", &out, N, "N");
-    cpu_same_or_disjoint(op, "res", &res, "out", &out);
+    int64_t M, N, K;
+    cpu_matmul_residual_shapes(op, &out, &res, &inp, &w, &M, &N, &K);
     mm_forward(op, out.data, out.dtype, res.data, inp.data, w.data, inp.dtype, M, N, K, 1.0f, 0);
 }
 
@@ -465,13 +458,8 @@ extern "C" void cuda_grouped_matmul_dinp_pair(Tensor dinp, Tensor dout_a, Tensor
     cuda_same_dtype(op, "dout_a", &dout_a, "wa", &wa);
     cuda_same_dtype(op, "dout_b", &dout_b, "wa", &wa);
     cuda_same_dtype(op, "wb", &wb, "wa", &wa);
-    for (int i = 0; i < 3; i++) cpu_agree(op, "wb", &wb, wb.shape[i], "wa", &wa, wa.shape[i], "shape");
-    const int64_t R = dinp.shape[0], K = dinp.shape[1], E = wa.shape[0], N = wa.shape[1];
-    cpu_agree(op, "dinp", &dinp, K, "wa", &wa, wa.shape[2], "K");
-    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[0], "dinp", &dinp, R, "rows");
-    cpu_agree(op, "dout_a", &dout_a, dout_a.shape[1], "wa", &wa, N, "N");
-    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[0], "dinp", &dinp, R, "rows");
-    cpu_agree(op, "dout_b", &dout_b, dout_b.shape[1], "wa", &wa, N, "N");
+    int64_t R, E, N, K;
+    cpu_dinp_pair_shapes(op, &dinp, &dout_a, &wa, &dout_b, &wb, &R, &E, &N, &K);
     check_offsets(op, offsets, E);
     const void *ptrs[5] = {dinp.data, dout_a.data, wa.data, dout_b.data, wb.data};
     if (dout_a.dtype == DT_BF16 && cuda_gg_wg_selected() && cuda_gg_supported(R, E, N, K, ptrs, 5)) {
