@@ -21,11 +21,6 @@ static_assert((PAD * 2) % 16 == 0 && ((PAD * 2) / 16) % 2 == 1,
               "padding: an odd number of 16-byte chunks, so (16-multiple row + pad) strides are odd multiples of 16 B");
 constexpr size_t SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum on sm_90
 
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lower address, lower column) = lo
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
 // A fragment (16 x 16) of rows [r0, r0 + 16), columns [c0, c0 + 16) of a row-major tile.
 __device__ __forceinline__ void ld_a(uint32_t (&a)[4], const bf16 *tile, int stride, int r0, int c0, int lane) {
     ldsm_x4(a, smem_u32(tile + (r0 + (lane & 15)) * stride + c0 + (lane >> 4) * 8));
@@ -50,14 +45,6 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[N][4
     a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 
 // Stores an accumulator fragment acc[n8 tiles][4] of 16 rows: rows row0 + g and row0 + 8 + g, columns
 // 8 j + 2 tq (+1), into x (B, T, H, ncols) scaled by mul[2] (per row); rows at or past T are skipped.

@@ -85,7 +85,7 @@ __device__ __forceinline__ void fw_softmax(float (&S)[64], float (&m)[2], float 
     float nb[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const float mn = fmaxf(m[i], wg_quad_max(mx[i]) * sl2); // scale > 0: the max commutes with scaling
+        const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2); // scale > 0: the max commutes with scaling
         const float bse = mn == -INFINITY ? 0.0f : mn;          // a row with nothing visible yet stays at zero
         alpha[i] = wg_exp2(m[i] - bse);
         m[i] = mn;
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(FW_NTH, 1) attn_wg_fwd_kernel(bf16 *out, float
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int row = q0 + rl + 8 * i;
-        const float lr = wg_quad_sum(l[i]), inv = 1.0f / lr;
+        const float lr = quad_sum(l[i]), inv = 1.0f / lr;
         if (row >= T_) continue;
         if (qd == 0) lse[(int64_t)bh * T_ + row] = (m[i] + log2f(lr)) * WG_LN2;
         bf16 *orow = out + (((int64_t)b * T_ + row) * H + h) * DV;

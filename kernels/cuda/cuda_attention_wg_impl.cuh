@@ -16,14 +16,6 @@ constexpr float WG_LOG2E = 1.4426950408889634f, WG_LN2 = 0.6931471805599453f;
 constexpr size_t WG_SMEM_LIMIT = 227 * 1024; // per-block opt-in maximum on sm_90
 constexpr int WG_SLAB_BYTES = 128;           // one swizzled row of a slab: 64 BF16
 
-__device__ __forceinline__ float wg_quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float wg_quad_sum(float v) {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
 // 2^x in one MUFU op (ftz: results below 2^-126 flush to zero, which P and the softmax sums can ignore); 2^-inf = 0.
 __device__ __forceinline__ float wg_exp2(float x) {
     float y;

@@ -31,6 +31,21 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// Two floats -> one register of two BF16 (lo in the low half: the lower address, the lower column), round to
+// nearest even: the packed operand of both the mma.sync and the wgmma register fragments.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+// Max / sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3: the threads holding one accumulator row).
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
 // 16-byte global -> shared copy that bypasses L1; valid == false writes 16 zero bytes (src-size 0: src is not read,
 // but must still be a valid address).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {

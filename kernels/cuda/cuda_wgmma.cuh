@@ -64,18 +64,13 @@ template <int N> __device__ __forceinline__ void wg_fence_regs(float (&d)[N]) {
 // Generic-proxy writes to shared memory (st.shared, cp.async) -> visible to wgmma's async-proxy reads.
 __device__ __forceinline__ void wg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Two floats -> one register of two BF16 (lo in the low half), round to nearest even.
-__device__ __forceinline__ uint32_t wg_pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 // The register A operand for k columns 16 kk .. 16 kk + 15 from an accumulator fragment d of a previous product
 // (its columns become this product's k): see the layout note above.
 template <int R> __device__ __forceinline__ void wg_pack_a(uint32_t (&a)[4], const float (&d)[R], int kk) {
-    a[0] = wg_pack_bf16(d[8 * kk + 0], d[8 * kk + 1]);
-    a[1] = wg_pack_bf16(d[8 * kk + 2], d[8 * kk + 3]);
-    a[2] = wg_pack_bf16(d[8 * kk + 4], d[8 * kk + 5]);
-    a[3] = wg_pack_bf16(d[8 * kk + 6], d[8 * kk + 7]);
+    a[0] = pack_bf16(d[8 * kk + 0], d[8 * kk + 1]);
+    a[1] = pack_bf16(d[8 * kk + 2], d[8 * kk + 3]);
+    a[2] = pack_bf16(d[8 * kk + 4], d[8 * kk + 5]);
+    a[3] = pack_bf16(d[8 * kk + 6], d[8 * kk + 7]);
 }
 
 // Cooperative 16-byte cp.async of a (rows x 64) BF16 block from global memory (row stride ld elements) into a
