@@ -52,6 +52,7 @@ extern "C" {
 // ---- runtime (cuda_runtime.cu) ----
 cudaStream_t cuda_stream(void);       // the backend's stream, created at first use
 cublasLtHandle_t cuda_lt_handle(void); // created at first use
+int cuda_sm_count(void);               // the device's SM count (asked once): persistent grids size by it
 void *cuda_lt_workspace(size_t *bytes);
 // A device buffer of at least `bytes`, owned by the backend and reused by every op: valid until the next call of
 // cuda_scratch (an op takes all the scratch it needs in one call and carves it). It grows (after a stream sync) the

@@ -491,15 +491,6 @@ template <auto KERNEL> void set_smem_once(size_t bytes) {
     done = true;
 }
 
-int sm_count() {
-    static int n = 0;
-    if (!n) {
-        int dev;
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    }
-    return n;
-}
 
 // The tile configuration, read at every call like DSV3_GG: DSV3_GG_WG_BN = 256 (default) | 128, the output tile
 // width; DSV3_GG_WG_EPI = bulk (default) | direct, the epilogue of the 128 x 256 configuration (bulk: Cfg256s). The
@@ -528,7 +519,7 @@ template <class Cfg, typename OutT> void launch_nt(Tensor out, Tensor inp, Tenso
     const int col_tiles = (int)gg_ceil_div(N, Cfg::BN);
     const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
     if (tiles == 0) return; // N == 0 or nothing to tile
-    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
+    const unsigned grid = (unsigned)(tiles < cuda_sm_count() ? tiles : cuda_sm_count());
     set_smem_once<sm90_bf16_grouped_gemm_wg_nt<Cfg, OutT>>(Cfg::SMEM);
     sm90_bf16_grouped_gemm_wg_nt<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
         (OutT *)out.data, (const bf16 *)inp.data, (const bf16 *)w.data, (const int32_t *)offsets.data, R, E, N, K,
@@ -542,7 +533,7 @@ template <class Cfg, typename OutT> void launch_nn(Tensor dinp, Tensor dout, Ten
     const int col_tiles = (int)gg_ceil_div(K, Cfg::BN);
     const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
     if (tiles == 0) return;
-    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
+    const unsigned grid = (unsigned)(tiles < cuda_sm_count() ? tiles : cuda_sm_count());
     set_smem_once<sm90_bf16_grouped_gemm_wg_nn<Cfg, OutT>>(Cfg::SMEM);
     sm90_bf16_grouped_gemm_wg_nn<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
         (OutT *)dinp.data, (const bf16 *)dout.data, (const bf16 *)w.data, (const int32_t *)offsets.data, R, E, N, K,
@@ -556,7 +547,7 @@ void launch_nn2(Tensor dinp, Tensor da, Tensor wa, Tensor db, Tensor wb, Tensor 
     const int col_tiles = (int)gg_ceil_div(K, Cfg::BN);
     const long long tiles = row_tile_bound(R, E, Cfg::BM) * col_tiles;
     if (tiles == 0) return;
-    const unsigned grid = (unsigned)(tiles < sm_count() ? tiles : sm_count());
+    const unsigned grid = (unsigned)(tiles < cuda_sm_count() ? tiles : cuda_sm_count());
     set_smem_once<sm90_bf16_grouped_gemm_wg_nn2<Cfg, OutT>>(Cfg::SMEM);
     sm90_bf16_grouped_gemm_wg_nn2<Cfg, OutT><<<grid, Cfg::THREADS, Cfg::SMEM, cuda_stream()>>>(
         (OutT *)dinp.data, (const bf16 *)da.data, (const bf16 *)wa.data, (const bf16 *)db.data, (const bf16 *)wb.data,

@@ -192,12 +192,7 @@ static bool cross_entropy_v2(Tensor losses, Tensor dlogits, Tensor logits, Tenso
     if (!cuda_memops_v2("cross_entropy_forward_backward") || V % 4 || (uintptr_t)logits.data % 16 ||
         (dlogits.data && (uintptr_t)dlogits.data % (dlogits.dtype == DT_F32 ? 16 : 8)))
         return false;
-    static int sms = 0; // the device's SM count, asked once
-    if (!sms) {
-        int dev = 0;
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    }
+    const int sms = cuda_sm_count();
     const unsigned grid = (unsigned)(N < 2 * sms ? N : 2 * sms);
     DISPATCH_FLOAT(dlogits.data ? dlogits.dtype : DT_F32, TD, {
         cross_entropy_v2_kernel<TD><<<grid, CE_V2_THREADS, 0, cuda_stream()>>>(

@@ -10,6 +10,16 @@ static int g_stream_ready;
 // The first call creates the stream; the device is whatever the caller selected (cudaSetDevice) before, device 0
 // by default. A non-blocking stream: nothing on the legacy default stream orders against it, so every backend
 // operation, memsets included, goes through this stream.
+int cuda_sm_count(void) {
+    static int n = 0; // the backend uses one device per process
+    if (!n) {
+        int dev = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    }
+    return n;
+}
+
 cudaStream_t cuda_stream(void) {
     if (!g_stream_ready) {
         int n = 0;
